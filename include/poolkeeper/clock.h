@@ -1,0 +1,28 @@
+// Time for poolkeeper: one Clock interface, injected everywhere.
+//
+// Rules (timeouts, deadlines, lifetimes) use the monotonic `now()`; the
+// ledger and logs use `wall_now()`. Only the real clock returned by
+// `real_clock()` reads the system clocks; tests use a manual clock.
+//
+// Thread-safety: `real_clock()` may be used from any thread.
+#pragma once
+
+#include <chrono>
+
+namespace poolkeeper {
+
+using Duration = std::chrono::nanoseconds;
+using TimePoint = std::chrono::time_point<std::chrono::steady_clock, Duration>;
+using WallTime = std::chrono::time_point<std::chrono::system_clock, Duration>;
+
+class Clock {
+ public:
+  virtual ~Clock() = default;
+  virtual TimePoint now() const = 0;
+  virtual WallTime wall_now() const = 0;
+};
+
+// The process-wide real clock (steady_clock and system_clock).
+Clock& real_clock();
+
+}  // namespace poolkeeper

@@ -1,0 +1,87 @@
+// The configuration of one pool: sizing, queue, limits, health and client sessions.
+//
+// Every field has a safe default. `validate_config()` checks a config and names
+// the offending key in its error ("max: must be >= min (2), got 1"). Durations of
+// zero mean "off" where noted.
+//
+// Thread-safety: plain value.
+//
+//   poolkeeper::PoolConfig config;
+//   config.name = "python";
+//   config.min = 2;
+//   config.max = 8;
+//   config.idle_timeout = std::chrono::minutes(5);
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <expected>
+#include <string>
+
+#include "poolkeeper/clock.h"
+#include "poolkeeper/error.h"
+
+namespace poolkeeper {
+
+// Priorities run from kLowestPriority to kCriticalPriority; higher is served first.
+inline constexpr int kLowestPriority = 0;
+inline constexpr int kLowPriority = 2;
+inline constexpr int kNormalPriority = 5;
+inline constexpr int kHighPriority = 7;
+inline constexpr int kCriticalPriority = 9;
+
+enum class StartMode : std::uint8_t {
+  kLazy,   // start sessions when they are needed (and to keep `min`/`min_idle`)
+  kEager,  // start `max` sessions at once
+};
+
+struct PoolConfig {
+  std::string name = "default";
+
+  // --- sizing ---
+  int min = 0;            // sessions kept alive even when idle
+  int max = 8;            // sessions the pool keeps at most
+  int overflow = 0;       // temporary sessions beyond max, closed when released above max
+  StartMode start = StartMode::kLazy;
+  int min_idle = 0;       // idle spares kept warm (within max)
+  int max_starting = 4;   // sessions starting at the same time at most
+
+  // --- wait queue ---
+  int max_queue = 1024;                         // waiters at most; more are refused (queue_full)
+  Duration aging = std::chrono::seconds(1);     // waiting this long counts as one priority level (0: off)
+  bool early_reject = true;                     // refuse at once when the predicted wait outlasts the deadline
+
+  // --- limits (0: off) ---
+  Duration idle_timeout = std::chrono::minutes(5);  // close idle sessions above min after this
+  Duration lease_timeout{0};                        // reclaim a lease held longer
+  Duration max_lifetime{0};                         // recycle sessions older than this...
+  double lifetime_jitter = 0.1;                     // ...minus up to this fraction, at random
+  std::int64_t max_uses = 0;                        // recycle a session after this many leases
+
+  // --- health ---
+  int health_error_penalty = 25;     // score lost when a lease ends with an error (score 0..100)
+  int health_success_recovery = 5;   // score regained per clean lease or passed check
+  int health_check_below = 50;       // a session scoring below this is checked before reuse
+  Duration validate_after_idle{0};   // check a session idle longer than this before handing it out
+  Duration check_interval{0};        // check idle sessions this often (spread with jitter)
+
+  // --- start failures ---
+  Duration start_backoff_initial = std::chrono::milliseconds(100);
+  Duration start_backoff_max = std::chrono::seconds(30);
+
+  // --- client sessions ---
+  Duration client_session_ttl = std::chrono::minutes(30);       // inactivity before expiry
+  Duration client_session_cleanup_interval = std::chrono::minutes(1);
+  int client_session_cleanup_batch = 100;                       // expiries per cleanup run at most
+  std::size_t max_client_sessions = 100000;
+  std::size_t max_client_session_document = 64 * 1024;          // bytes
+
+  // --- events ---
+  bool lease_events = false;  // emit lease granted/released events (the daemon turns this on)
+};
+
+// Checks every key; the error names the first bad one.
+std::expected<void, Error> validate_config(const PoolConfig& config);
+
+}  // namespace poolkeeper

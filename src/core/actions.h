@@ -1,0 +1,94 @@
+// What the pool core asks its shell to do, and what it reports.
+//
+// The core never performs I/O. Each input appends Actions (work for the shell)
+// and Events (facts for observers) to an Output the caller owns and reuses, so
+// the steady state allocates nothing.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "poolkeeper/clock.h"
+#include "poolkeeper/error.h"
+#include "poolkeeper/stats.h"
+
+namespace poolkeeper::core {
+
+// A queued acquire. Never reused within a core.
+using WaiterId = std::uint64_t;
+using ReservationId = std::uint64_t;
+
+struct Grant {
+  LeaseId lease = 0;
+  SessionId session = 0;
+  TimePoint expires_at = TimePoint::max();  // when the lease will be reclaimed
+};
+
+enum class ActionType : std::uint8_t {
+  kStartSession,  // create `session`; answer session_started / session_start_failed
+  kStopSession,   // stop `session` for `reason`; answer session_stopped
+  kCheckSession,  // check `session`; answer check_result
+  kGrant,         // `waiter` got `grant`
+  kReject,        // `waiter` is answered with `error`
+};
+
+struct Action {
+  ActionType type = ActionType::kStartSession;
+  SessionId session = 0;
+  WaiterId waiter = 0;
+  StopReason reason = StopReason::kShutdown;
+  Grant grant;
+  Error error;
+};
+
+enum class EventType : std::uint8_t {
+  kSessionStarting,
+  kSessionStarted,
+  kSessionStartFailed,
+  kSessionUnhealthy,
+  kSessionRecovered,
+  kSessionClosing,
+  kSessionClosed,
+  kLeaseGranted,    // only with PoolConfig::lease_events
+  kLeaseReleased,   // only with PoolConfig::lease_events
+  kLeaseReclaimed,
+  kLeaseLost,       // the leased session died
+  kWaiterTimedOut,
+  kWaiterRejected,
+  kScaled,
+  kPaused,
+  kResumed,
+  kDraining,
+  kDrained,
+  kEmergencyStop,
+  kEmergencyResume,
+  kClientSessionsExpired,
+  kReservationCreated,
+  kReservationEnded,
+};
+std::string_view to_string(EventType type);
+
+struct Event {
+  EventType type = EventType::kSessionStarted;
+  TimePoint at{};
+  SessionId session = 0;
+  LeaseId lease = 0;
+  StopReason reason = StopReason::kShutdown;
+  std::int64_t value = 0;   // a count or size, where the type has one
+  std::string detail;       // owner, error text, ... (empty on hot paths)
+};
+
+struct Output {
+  std::vector<Action> actions;
+  std::vector<Event> events;
+
+  void clear() {
+    actions.clear();
+    events.clear();
+  }
+  bool empty() const { return actions.empty() && events.empty(); }
+};
+
+}  // namespace poolkeeper::core

@@ -1,0 +1,1209 @@
+#include "core/pool_core.h"
+
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+#include <utility>
+
+namespace poolkeeper::core {
+namespace {
+
+constexpr std::size_t kEndedLeasesRemembered = 4096;
+constexpr std::size_t kMaxClientSessionIdLength = 256;
+constexpr int kMaxHealth = 100;
+
+std::int64_t ns(Duration d) { return d.count(); }
+
+}  // namespace
+
+struct PoolCore::Slot {
+  std::uint32_t index = 0;
+  std::uint32_t incarnation = 0;
+  bool in_use = false;
+  SessionState state = SessionState::kStarting;
+  SessionId id = 0;
+
+  TimePoint created_at{};
+  TimePoint idle_since{};
+  TimePoint last_checked{};
+  TimePoint next_check = TimePoint::max();
+  TimePoint expires_at = TimePoint::max();  // lifetime end
+  std::int64_t uses = 0;
+  int health = kMaxHealth;
+  bool holds_cap = false;
+  bool was_unhealthy = false;  // the current check is a recovery check
+  StopReason stop_reason = StopReason::kShutdown;
+
+  // Lease sequence for this slot; only grows, across incarnations.
+  std::uint64_t next_lease_seq = 0;
+  bool leased = false;
+  std::uint64_t lease_seq = 0;
+  LeaseId lease_id = 0;
+  TimePoint lease_started{};
+  TimePoint lease_deadline = TimePoint::max();
+  std::string lease_owner;
+  std::string lease_client;
+
+  ReservationId reservation = 0;
+
+  // Intrusive list of unreserved idle sessions.
+  std::uint32_t idle_prev = kNil;
+  std::uint32_t idle_next = kNil;
+  bool in_idle_list = false;
+};
+
+struct PoolCore::ClientRecord {
+  std::string id;
+  SessionId last_session = 0;
+  TimePoint last_activity{};
+  std::string document;
+  int active_leases = 0;
+  ClientRecord* prev = nullptr;  // LRU list, least recently active first
+  ClientRecord* next = nullptr;
+};
+
+struct PoolCore::Reservation {
+  ReservationId id = 0;
+  std::string owner;
+  SessionId session = 0;  // 0 while waiting for a session
+  TimePoint expires_at{};
+};
+
+// ---------------------------------------------------------------------------
+// construction
+
+std::expected<std::unique_ptr<PoolCore>, Error> PoolCore::create(PoolConfig config,
+                                                                  CoreOptions options) {
+  if (auto ok = validate_config(config); !ok) return std::unexpected(std::move(ok.error()));
+  return std::make_unique<PoolCore>(std::move(config), options);
+}
+
+PoolCore::PoolCore(PoolConfig config, CoreOptions options)
+    : config_(std::move(config)),
+      options_(options),
+      random_(options.seed),
+      codec_(Random(options.seed ^ 0x6c65617365ULL).next(),
+             Random(options.seed ^ 0x6b6579ULL).next()) {
+  assert(validate_config(config_).has_value());
+  target_ = config_.start == StartMode::kEager ? config_.max : config_.min;
+  counters_.name = config_.name;
+}
+
+PoolCore::~PoolCore() {
+  // Give back what this core still holds of a shared cap.
+  for (Slot& s : slots_) {
+    if (s.in_use && s.holds_cap && options_.shared_cap != nullptr) options_.shared_cap->release();
+  }
+}
+
+void PoolCore::start(TimePoint now, Output& out) {
+  next_cleanup_ = now + config_.client_session_cleanup_interval;
+  ensure_capacity(now, out);
+}
+
+// ---------------------------------------------------------------------------
+// session bookkeeping
+
+PoolCore::Slot* PoolCore::find(SessionId id) {
+  const auto index = static_cast<std::uint32_t>(id & 0xffffffffu);
+  if (index >= slots_.size()) return nullptr;
+  Slot& s = slots_[index];
+  return (s.in_use && s.id == id) ? &s : nullptr;
+}
+
+const PoolCore::Slot* PoolCore::find(SessionId id) const {
+  return const_cast<PoolCore*>(this)->find(id);
+}
+
+void PoolCore::set_state(Slot& s, SessionState state) {
+  --by_state_[static_cast<int>(s.state)];
+  if (s.state == SessionState::kClosing) {
+    --closing_;
+  } else {
+    --live_;
+  }
+  s.state = state;
+  ++by_state_[static_cast<int>(state)];
+  if (state == SessionState::kClosing) {
+    ++closing_;
+  } else {
+    ++live_;
+  }
+}
+
+void PoolCore::idle_push(Slot& s) {
+  assert(!s.in_idle_list);
+  s.in_idle_list = true;
+  s.idle_prev = kNil;
+  s.idle_next = idle_head_;
+  if (idle_head_ != kNil) slots_[idle_head_].idle_prev = s.index;
+  idle_head_ = s.index;
+  if (idle_tail_ == kNil) idle_tail_ = s.index;
+  ++idle_unreserved_;
+}
+
+void PoolCore::idle_remove(Slot& s) {
+  if (!s.in_idle_list) return;
+  s.in_idle_list = false;
+  if (s.idle_prev != kNil) {
+    slots_[s.idle_prev].idle_next = s.idle_next;
+  } else {
+    idle_head_ = s.idle_next;
+  }
+  if (s.idle_next != kNil) {
+    slots_[s.idle_next].idle_prev = s.idle_prev;
+  } else {
+    idle_tail_ = s.idle_prev;
+  }
+  s.idle_prev = s.idle_next = kNil;
+  --idle_unreserved_;
+}
+
+int PoolCore::floor() const { return target_; }
+
+bool PoolCore::can_start_one(bool for_demand) const {
+  if (shutdown_ || draining_) return false;
+  if (by_state_[static_cast<int>(SessionState::kStarting)] >= config_.max_starting) return false;
+  const int limit = config_.max + (for_demand ? config_.overflow : 0);
+  if (live_ + closing_ >= limit) return false;
+  if (options_.shared_cap != nullptr &&
+      options_.shared_cap->used() >= options_.shared_cap->limit()) {
+    return false;
+  }
+  return true;
+}
+
+void PoolCore::start_session(TimePoint now, Output& out) {
+  if (options_.shared_cap != nullptr && !options_.shared_cap->try_reserve()) return;
+  std::uint32_t index;
+  if (!free_slots_.empty()) {
+    index = free_slots_.back();
+    free_slots_.pop_back();
+  } else {
+    index = static_cast<std::uint32_t>(slots_.size());
+    slots_.emplace_back();
+    slots_.back().index = index;
+  }
+  Slot& s = slots_[index];
+  s.in_use = true;
+  ++s.incarnation;
+  s.id = (static_cast<SessionId>(s.incarnation) << 32) | index;
+  s.state = SessionState::kStarting;
+  ++by_state_[static_cast<int>(SessionState::kStarting)];
+  ++live_;
+  s.created_at = now;
+  s.idle_since = now;
+  s.last_checked = now;
+  s.next_check = TimePoint::max();
+  s.expires_at = TimePoint::max();
+  s.uses = 0;
+  s.health = kMaxHealth;
+  s.holds_cap = options_.shared_cap != nullptr;
+  s.was_unhealthy = false;
+  s.leased = false;
+  s.reservation = 0;
+  if (live_ + closing_ > config_.max) ++counters_.overflow_created;
+
+  Action a;
+  a.type = ActionType::kStartSession;
+  a.session = s.id;
+  out.actions.push_back(std::move(a));
+  emit(out, EventType::kSessionStarting, now, s.id);
+}
+
+void PoolCore::stop_session(Slot& s, StopReason reason, TimePoint now, Output& out) {
+  if (s.state == SessionState::kClosing) return;
+  idle_remove(s);
+  if (s.leased) end_lease(s, now, ErrorCode::kLeaseAlreadyReleased);
+  if (s.reservation != 0) {
+    auto it = reservations_.find(s.reservation);
+    if (it != reservations_.end()) it->second->session = 0;
+    s.reservation = 0;
+  }
+  set_state(s, SessionState::kClosing);
+  s.stop_reason = reason;
+  Action a;
+  a.type = ActionType::kStopSession;
+  a.session = s.id;
+  a.reason = reason;
+  out.actions.push_back(std::move(a));
+  Event e;
+  e.type = EventType::kSessionClosing;
+  e.at = now;
+  e.session = s.id;
+  e.reason = reason;
+  out.events.push_back(std::move(e));
+}
+
+void PoolCore::free_slot(Slot& s, TimePoint now, StopReason reason, Output& out) {
+  idle_remove(s);
+  if (s.leased) end_lease(s, now, ErrorCode::kSessionLost);
+  if (s.reservation != 0) {
+    auto it = reservations_.find(s.reservation);
+    if (it != reservations_.end()) it->second->session = 0;
+    s.reservation = 0;
+  }
+  --by_state_[static_cast<int>(s.state)];
+  if (s.state == SessionState::kClosing) {
+    --closing_;
+  } else {
+    --live_;
+  }
+  if (s.holds_cap && options_.shared_cap != nullptr) options_.shared_cap->release();
+  s.holds_cap = false;
+  s.in_use = false;
+  s.lease_owner.clear();
+  s.lease_client.clear();
+  free_slots_.push_back(s.index);
+  if (reason != StopReason::kStartFailed) ++counters_.sessions_closed;
+  Event e;
+  e.type = EventType::kSessionClosed;
+  e.at = now;
+  e.session = s.id;
+  e.reason = reason;
+  out.events.push_back(std::move(e));
+}
+
+bool PoolCore::must_recycle(const Slot& s, TimePoint now) const {
+  if (config_.max_uses > 0 && s.uses >= config_.max_uses) return true;
+  return s.expires_at <= now;
+}
+
+void PoolCore::send_to_check(Slot& s, TimePoint now, Output& out) {
+  idle_remove(s);
+  set_state(s, SessionState::kChecking);
+  Action a;
+  a.type = ActionType::kCheckSession;
+  a.session = s.id;
+  out.actions.push_back(std::move(a));
+  if (s.was_unhealthy) emit(out, EventType::kSessionUnhealthy, now, s.id, 0, {}, s.health);
+}
+
+// A session is ready for work (started, released, checked). Decides where it goes.
+void PoolCore::make_idle(Slot& s, TimePoint now, Output& out) {
+  if (shutdown_ || draining_) {
+    stop_session(s, shutdown_ ? StopReason::kShutdown : StopReason::kDrained, now, out);
+    return;
+  }
+  if (must_recycle(s, now)) {
+    stop_session(s, config_.max_uses > 0 && s.uses >= config_.max_uses ? StopReason::kMaxUses
+                                                                        : StopReason::kMaxLifetime,
+                 now, out);
+    return;
+  }
+  set_state(s, SessionState::kIdle);
+  s.idle_since = now;
+  if (s.reservation != 0) {
+    auto it = reservations_.find(s.reservation);
+    if (it != reservations_.end()) {
+      const std::string& owner = it->second->owner;
+      Waiter* w = queue_.best_matching([&](const Waiter& x) { return x.owner == owner; });
+      if (w != nullptr) {
+        AcquireRequest r{.priority = w->priority,
+                         .deadline = w->deadline,
+                         .client_session = w->client_session,
+                         .owner = w->owner,
+                         .lease_timeout = w->lease_timeout};
+        const WaiterId wid = w->id;
+        Action a;
+        a.type = ActionType::kGrant;
+        a.waiter = wid;
+        a.grant = lease_to(s, r, w->enqueued_at, now, out);
+        out.actions.push_back(std::move(a));
+        queue_.remove(wid);
+      }
+      return;
+    }
+    s.reservation = 0;
+  }
+  // A reservation still waiting for a session takes this one.
+  for (auto& [id, r] : reservations_) {
+    if (r->session == 0) {
+      r->session = s.id;
+      s.reservation = id;
+      make_idle(s, now, out);
+      return;
+    }
+  }
+  idle_push(s);
+  dispatch(now, out);
+}
+
+Grant PoolCore::lease_to(Slot& s, const AcquireRequest& r, TimePoint enqueued, TimePoint now,
+                         Output& out) {
+  idle_remove(s);
+  set_state(s, SessionState::kLeased);
+  s.leased = true;
+  s.lease_seq = s.next_lease_seq++;
+  s.lease_id = codec_.encode(s.index, s.lease_seq);
+  s.lease_started = now;
+  const Duration timeout = r.lease_timeout.count() > 0 ? r.lease_timeout : config_.lease_timeout;
+  s.lease_deadline = timeout.count() > 0 ? now + timeout : TimePoint::max();
+  if (!r.owner.empty() || !s.lease_owner.empty()) s.lease_owner.assign(r.owner);
+  if (!r.client_session.empty() || !s.lease_client.empty()) s.lease_client.assign(r.client_session);
+  if (s.uses > 0) ++counters_.reused;
+  ++s.uses;
+  ++counters_.acquisitions;
+  waits_.record(now - enqueued);
+  if (!r.client_session.empty()) {
+    if (ClientRecord* c = client_touch(r.client_session, now); c != nullptr) {
+      c->last_session = s.id;
+      ++c->active_leases;
+    }
+  }
+  if (config_.lease_events) emit(out, EventType::kLeaseGranted, now, s.id, s.lease_id);
+  return Grant{.lease = s.lease_id, .session = s.id, .expires_at = s.lease_deadline};
+}
+
+void PoolCore::remember_ended(LeaseId lease, ErrorCode code) {
+  if (ended_.emplace(lease, code).second) ended_order_.push_back(lease);
+  while (ended_order_.size() > kEndedLeasesRemembered) {
+    ended_.erase(ended_order_.front());
+    ended_order_.pop_front();
+  }
+}
+
+// Ends the lease on `s` without a release. `unreleased` is what a late
+// release of it will be told; kLeaseAlreadyReleased records nothing.
+void PoolCore::end_lease(Slot& s, TimePoint now, ErrorCode unreleased) {
+  if (!s.leased) return;
+  s.leased = false;
+  if (unreleased != ErrorCode::kLeaseAlreadyReleased) remember_ended(s.lease_id, unreleased);
+  if (!s.lease_client.empty()) {
+    if (ClientRecord* c = client(s.lease_client); c != nullptr) {
+      if (c->active_leases > 0) --c->active_leases;
+      c->last_activity = now;
+      client_lru_unlink(*c);
+      client_lru_push_back(*c);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// leases
+
+PoolCore::Slot* PoolCore::reserved_idle_for(std::string_view owner) {
+  for (auto& [id, r] : reservations_) {
+    if (r->owner != owner || r->session == 0) continue;
+    Slot* s = find(r->session);
+    if (s != nullptr && s->state == SessionState::kIdle) return s;
+  }
+  return nullptr;
+}
+
+PoolCore::Slot* PoolCore::take_idle_for(const AcquireRequest& r, TimePoint now, Output& out,
+                                        bool* affinity_hit) {
+  *affinity_hit = false;
+  if (!r.client_session.empty() && idle_unreserved_ > 0) {
+    if (ClientRecord* c = client(r.client_session); c != nullptr && c->last_session != 0) {
+      Slot* s = find(c->last_session);
+      if (s != nullptr && s->in_idle_list) {
+        *affinity_hit = true;
+        ++counters_.affinity_hits;
+      } else {
+        ++counters_.affinity_misses;
+      }
+      if (*affinity_hit) {
+        if (config_.validate_after_idle.count() > 0 &&
+            now - s->idle_since > config_.validate_after_idle &&
+            now - s->last_checked > config_.validate_after_idle) {
+          send_to_check(*s, now, out);
+          *affinity_hit = false;
+        } else {
+          return s;
+        }
+      }
+    }
+  }
+  while (idle_head_ != kNil) {
+    Slot& s = slots_[idle_head_];
+    if (config_.validate_after_idle.count() > 0 &&
+        now - s.idle_since > config_.validate_after_idle &&
+        now - s.last_checked > config_.validate_after_idle) {
+      send_to_check(s, now, out);
+      continue;
+    }
+    return &s;
+  }
+  return nullptr;
+}
+
+std::expected<AcquireOutcome, Error> PoolCore::acquire(const AcquireRequest& r, TimePoint now,
+                                                       Output& out) {
+  if (r.priority < kLowestPriority || r.priority > kCriticalPriority) {
+    return std::unexpected(Error(ErrorCode::kInvalidArgument,
+                                 "priority: must be in 0..9, got " + std::to_string(r.priority)));
+  }
+  if (r.client_session.size() > kMaxClientSessionIdLength) {
+    return std::unexpected(
+        Error(ErrorCode::kInvalidArgument, "client_session: longer than 256 bytes"));
+  }
+  if (shutdown_) return std::unexpected(Error(ErrorCode::kShutdown, "the pool is shutting down"));
+  if (draining_) return std::unexpected(Error(ErrorCode::kPoolDraining, "the pool is draining"));
+  if (paused_) return std::unexpected(Error(ErrorCode::kPoolPaused, "the pool is paused"));
+  if (emergency_ && r.priority < kCriticalPriority) {
+    ++counters_.rejections;
+    return std::unexpected(
+        Error(ErrorCode::kEmergencyStop, "emergency stop: only critical requests are served"));
+  }
+
+  Slot* s = nullptr;
+  if (!reservations_.empty() && !r.owner.empty()) s = reserved_idle_for(r.owner);
+  if (s == nullptr) {
+    bool hit = false;
+    s = take_idle_for(r, now, out, &hit);
+  }
+  if (s != nullptr) {
+    ++counters_.immediate;
+    AcquireOutcome o;
+    o.granted = true;
+    o.grant = lease_to(*s, r, now, now, out);
+    if (config_.min_idle > 0) ensure_capacity(now, out);
+    return o;
+  }
+
+  // No idle session: wait.
+  if (r.deadline <= now) {
+    ++counters_.timeouts;
+    return std::unexpected(Error(ErrorCode::kAcquireTimeout, "no idle session and no time to wait"));
+  }
+  if (static_cast<int>(queue_.size()) >= config_.max_queue) {
+    ++counters_.rejections;
+    const Duration wait = predict_wait(static_cast<int>(queue_.size()) + 1);
+    return std::unexpected(Error(
+        ErrorCode::kQueueFull, "the wait queue is full (" + std::to_string(config_.max_queue) + ")",
+        std::max(std::chrono::milliseconds(1),
+                 std::chrono::duration_cast<std::chrono::milliseconds>(wait))));
+  }
+  Waiter& w = queue_.push(r.priority, r.deadline, now, config_.aging);
+  const WaiterId wid = w.id;
+  const int position = queue_.ahead_of(w) + 1;
+  const Duration estimate = predict_wait(position);
+  if (config_.early_reject && estimate.count() > 0 && now + estimate > r.deadline) {
+    queue_.remove(wid);
+    ++counters_.rejections;
+    return std::unexpected(Error(
+        ErrorCode::kDeadlineUnreachable,
+        "predicted wait " + std::to_string(ns(estimate) / 1000000) + " ms exceeds the deadline",
+        std::max(std::chrono::milliseconds(1),
+                 std::chrono::duration_cast<std::chrono::milliseconds>(estimate))));
+  }
+  w.owner.assign(r.owner);
+  w.client_session.assign(r.client_session);
+  w.lease_timeout = r.lease_timeout;
+  ensure_capacity(now, out);
+  // ensure_capacity may not grant; a queued waiter is answered by an action.
+  AcquireOutcome o;
+  o.waiter = wid;
+  o.queue_position = position;
+  o.estimated_wait = estimate;
+  return o;
+}
+
+// The predicted wait of the waiter at `position` (1-based), 0 when the core
+// has not learned enough to predict.
+Duration PoolCore::predict_wait(int position) const {
+  const int coming = by_state_[static_cast<int>(SessionState::kStarting)] +
+                     by_state_[static_cast<int>(SessionState::kChecking)];
+  const bool can_grow = live_ + closing_ < config_.max + config_.overflow && !shutdown_ &&
+                        !draining_ &&
+                        (options_.shared_cap == nullptr ||
+                         options_.shared_cap->used() < options_.shared_cap->limit());
+  if (position <= coming || can_grow) {
+    return Duration{static_cast<Duration::rep>(avg_start_ns_)};
+  }
+  const int leased = by_state_[static_cast<int>(SessionState::kLeased)];
+  if (hold_samples_ < 8 || leased == 0) return Duration{0};
+  const double per_release = avg_hold_ns_ / leased;
+  return Duration{static_cast<Duration::rep>(per_release * (position - coming))};
+}
+
+std::expected<void, Error> PoolCore::cancel(WaiterId waiter, TimePoint now, Output& out) {
+  (void)now;
+  (void)out;
+  if (queue_.find(waiter) == nullptr) {
+    return std::unexpected(Error(ErrorCode::kUnknownWaiter, "no such waiter is queued"));
+  }
+  queue_.remove(waiter);
+  ++counters_.cancellations;
+  return {};
+}
+
+std::expected<void, Error> PoolCore::release(LeaseId lease, std::optional<std::string_view> owner,
+                                             ReleaseOutcome outcome, TimePoint now, Output& out) {
+  std::uint32_t index;
+  std::uint64_t seq;
+  codec_.decode(lease, &index, &seq);
+  if (index >= slots_.size() || seq >= slots_[index].next_lease_seq) {
+    return std::unexpected(Error(ErrorCode::kUnknownLease, "no such lease"));
+  }
+  Slot& s = slots_[index];
+  if (!s.in_use || !s.leased || s.lease_seq != seq) {
+    if (auto it = ended_.find(lease); it != ended_.end()) {
+      return std::unexpected(Error(it->second, it->second == ErrorCode::kLeaseReclaimed
+                                                   ? "the lease outlived its lease timeout"
+                                                   : "the session died during the lease"));
+    }
+    return std::unexpected(Error(ErrorCode::kLeaseAlreadyReleased, "the lease was released before"));
+  }
+  if (owner.has_value() && *owner != s.lease_owner) {
+    return std::unexpected(Error(ErrorCode::kNotLeaseOwner, "the lease belongs to another owner"));
+  }
+
+  // Learn hold times (for wait prediction).
+  const double held = static_cast<double>(ns(now - s.lease_started));
+  avg_hold_ns_ = hold_samples_ == 0 ? held : avg_hold_ns_ + (held - avg_hold_ns_) * 0.05;
+  ++hold_samples_;
+  ++counters_.releases;
+  if (config_.lease_events) emit(out, EventType::kLeaseReleased, now, s.id, s.lease_id);
+  end_lease(s, now, ErrorCode::kLeaseAlreadyReleased);
+
+  switch (outcome) {
+    case ReleaseOutcome::kOk:
+      s.health = std::min(kMaxHealth, s.health + config_.health_success_recovery);
+      break;
+    case ReleaseOutcome::kError:
+      s.health = std::max(0, s.health - config_.health_error_penalty);
+      break;
+    case ReleaseOutcome::kBroken:
+      ++counters_.broken_releases;
+      stop_session(s, StopReason::kBroken, now, out);
+      ensure_capacity(now, out);
+      return {};
+  }
+  if (shutdown_ || draining_) {
+    stop_session(s, shutdown_ ? StopReason::kShutdown : StopReason::kDrained, now, out);
+    maybe_finish_drain(now, out);
+    return {};
+  }
+  if (s.health < config_.health_check_below) {
+    s.was_unhealthy = true;
+    send_to_check(s, now, out);
+    ensure_capacity(now, out);
+    return {};
+  }
+  if (s.reservation == 0 && queue_.empty()) {
+    if (live_ + closing_ > config_.max) {
+      stop_session(s, StopReason::kOverflow, now, out);
+      return {};
+    }
+    if (excess_to_close_ > 0) {
+      --excess_to_close_;
+      stop_session(s, StopReason::kScaledDown, now, out);
+      ensure_capacity(now, out);
+      return {};
+    }
+  }
+  make_idle(s, now, out);
+  if (s.state == SessionState::kClosing) ensure_capacity(now, out);
+  return {};
+}
+
+// ---------------------------------------------------------------------------
+// queue and capacity
+
+void PoolCore::dispatch(TimePoint now, Output& out) {
+  while (!queue_.empty() && idle_unreserved_ > 0) {
+    Waiter* w = queue_.front();
+    AcquireRequest r{.priority = w->priority,
+                     .deadline = w->deadline,
+                     .client_session = w->client_session,
+                     .owner = w->owner,
+                     .lease_timeout = w->lease_timeout};
+    bool hit = false;
+    Slot* s = take_idle_for(r, now, out, &hit);
+    if (s == nullptr) break;
+    const WaiterId wid = w->id;
+    Action a;
+    a.type = ActionType::kGrant;
+    a.waiter = wid;
+    a.grant = lease_to(*s, r, w->enqueued_at, now, out);
+    out.actions.push_back(std::move(a));
+    queue_.remove(wid);
+  }
+  ensure_capacity(now, out);
+}
+
+void PoolCore::ensure_capacity(TimePoint now, Output& out) {
+  if (shutdown_ || draining_) return;
+  if (now < next_start_allowed_) return;
+  // Sessions on their way (starting, being checked) go to reservations waiting
+  // for a session first, then to waiters, then become idle spares.
+  int unassigned_reservations = 0;
+  for (auto& [id, r] : reservations_) {
+    if (r->session == 0) ++unassigned_reservations;
+  }
+  const int coming = by_state_[static_cast<int>(SessionState::kStarting)] +
+                     by_state_[static_cast<int>(SessionState::kChecking)];
+  const int demand = static_cast<int>(queue_.size()) + unassigned_reservations;
+  const int for_demand = demand - coming;
+  const int for_idle = config_.min_idle - (idle_unreserved_ + coming - demand);
+  const int for_floor = floor() - live_;
+  const int want = std::max({for_demand, for_idle, for_floor});
+  for (int i = 0; i < want; ++i) {
+    if (!can_start_one(i < for_demand)) break;
+    const int before = live_;
+    start_session(now, out);
+    if (live_ == before) break;  // the shared cap refused
+  }
+}
+
+void PoolCore::reject_waiter(WaiterId id, Error error, TimePoint now, Output& out) {
+  const bool timeout = error.code == ErrorCode::kAcquireTimeout;
+  if (timeout) {
+    ++counters_.timeouts;
+  } else {
+    ++counters_.rejections;
+  }
+  emit(out, timeout ? EventType::kWaiterTimedOut : EventType::kWaiterRejected, now, 0, 0,
+       std::string(to_string(error.code)));
+  Action a;
+  a.type = ActionType::kReject;
+  a.waiter = id;
+  a.error = std::move(error);
+  out.actions.push_back(std::move(a));
+  queue_.remove(id);
+}
+
+void PoolCore::reject_all(ErrorCode code, std::string_view why, int below_priority, TimePoint now,
+                          Output& out) {
+  std::vector<WaiterId> ids;
+  queue_.for_each([&](const Waiter& w) {
+    if (w.priority < below_priority) ids.push_back(w.id);
+  });
+  for (WaiterId id : ids) reject_waiter(id, Error(code, std::string(why)), now, out);
+}
+
+void PoolCore::maybe_finish_drain(TimePoint now, Output& out) {
+  if ((draining_ || shutdown_) && !drain_announced_ && live_ + closing_ == 0) {
+    drain_announced_ = true;
+    emit(out, EventType::kDrained, now);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// results of actions
+
+void PoolCore::session_started(SessionId session, TimePoint now, Output& out) {
+  Slot* s = find(session);
+  if (s == nullptr || s->state != SessionState::kStarting) return;
+  const double took = static_cast<double>(ns(now - s->created_at));
+  avg_start_ns_ = counters_.sessions_created == 0 ? took : avg_start_ns_ + (took - avg_start_ns_) * 0.2;
+  ++counters_.sessions_created;
+  consecutive_start_failures_ = 0;
+  last_start_error_.clear();
+  s->last_checked = now;
+  if (config_.max_lifetime.count() > 0) {
+    const double cut = config_.lifetime_jitter * random_.unit();
+    s->expires_at = now + Duration{static_cast<Duration::rep>(
+                              static_cast<double>(ns(config_.max_lifetime)) * (1.0 - cut))};
+  }
+  if (config_.check_interval.count() > 0) {
+    // Spread the first check over one interval so sessions started together are not checked together.
+    s->next_check = now + Duration{static_cast<Duration::rep>(
+                              static_cast<double>(ns(config_.check_interval)) * (0.5 + random_.unit()))};
+  }
+  emit(out, EventType::kSessionStarted, now, s->id);
+  make_idle(*s, now, out);
+  maybe_finish_drain(now, out);
+}
+
+void PoolCore::session_start_failed(SessionId session, std::string_view error, TimePoint now,
+                                    Output& out) {
+  Slot* s = find(session);
+  if (s == nullptr || s->state != SessionState::kStarting) return;
+  ++counters_.start_failures;
+  ++consecutive_start_failures_;
+  last_start_error_.assign(error);
+  // Exponential backoff with jitter: the delay is drawn in [d/2, d].
+  double d = static_cast<double>(ns(config_.start_backoff_initial)) *
+             std::pow(2.0, std::min(consecutive_start_failures_ - 1, 40));
+  d = std::min(d, static_cast<double>(ns(config_.start_backoff_max)));
+  d *= 0.5 + 0.5 * random_.unit();
+  next_start_allowed_ = now + Duration{static_cast<Duration::rep>(d)};
+  emit(out, EventType::kSessionStartFailed, now, s->id, 0, std::string(error),
+       consecutive_start_failures_);
+  free_slot(*s, now, StopReason::kStartFailed, out);
+  maybe_finish_drain(now, out);
+}
+
+void PoolCore::session_stopped(SessionId session, TimePoint now, Output& out) {
+  Slot* s = find(session);
+  if (s == nullptr || s->state != SessionState::kClosing) return;
+  free_slot(*s, now, s->stop_reason, out);
+  ensure_capacity(now, out);
+  maybe_finish_drain(now, out);
+}
+
+void PoolCore::session_exited(SessionId session, std::string_view why, TimePoint now, Output& out) {
+  Slot* s = find(session);
+  if (s == nullptr) return;
+  if (s->state == SessionState::kStarting) {
+    session_start_failed(session, why, now, out);
+    return;
+  }
+  if (s->leased) {
+    Event e;
+    e.type = EventType::kLeaseLost;
+    e.at = now;
+    e.session = s->id;
+    e.lease = s->lease_id;
+    e.detail.assign(why);
+    out.events.push_back(std::move(e));
+  }
+  free_slot(*s, now, StopReason::kExited, out);
+  ensure_capacity(now, out);
+  maybe_finish_drain(now, out);
+}
+
+void PoolCore::check_result(SessionId session, bool healthy, TimePoint now, Output& out) {
+  Slot* s = find(session);
+  if (s == nullptr || s->state != SessionState::kChecking) return;
+  ++counters_.checks;
+  s->last_checked = now;
+  if (config_.check_interval.count() > 0) s->next_check = now + config_.check_interval;
+  if (!healthy) {
+    ++counters_.check_failures;
+    stop_session(*s, StopReason::kUnhealthy, now, out);
+    ensure_capacity(now, out);
+    return;
+  }
+  s->health = std::min(kMaxHealth, std::max(s->health, config_.health_check_below) +
+                                       config_.health_success_recovery);
+  if (s->was_unhealthy) {
+    s->was_unhealthy = false;
+    emit(out, EventType::kSessionRecovered, now, s->id, 0, {}, s->health);
+  }
+  make_idle(*s, now, out);
+}
+
+// ---------------------------------------------------------------------------
+// time
+
+void PoolCore::tick(TimePoint now, Output& out) {
+  // Waiters whose deadline passed.
+  while (Waiter* w = queue_.earliest_deadline()) {
+    if (w->deadline > now) break;
+    std::string message = "no session became free before the deadline";
+    if (consecutive_start_failures_ > 0) {
+      message += "; the last session start failed: " + last_start_error_;
+    }
+    reject_waiter(w->id, Error(ErrorCode::kAcquireTimeout, std::move(message)), now, out);
+  }
+
+  bool changed = false;
+  for (Slot& s : slots_) {
+    if (!s.in_use) continue;
+    if (s.state == SessionState::kLeased && s.lease_deadline <= now) {
+      ++counters_.reclaimed;
+      Event e;
+      e.type = EventType::kLeaseReclaimed;
+      e.at = now;
+      e.session = s.id;
+      e.lease = s.lease_id;
+      e.detail = s.lease_owner;
+      out.events.push_back(std::move(e));
+      end_lease(s, now, ErrorCode::kLeaseReclaimed);
+      stop_session(s, StopReason::kLeaseAbandoned, now, out);
+      changed = true;
+    } else if (s.state == SessionState::kIdle) {
+      if (s.expires_at <= now) {
+        stop_session(s, StopReason::kMaxLifetime, now, out);
+        changed = true;
+      } else if (s.next_check <= now) {
+        s.next_check = now + config_.check_interval;
+        send_to_check(s, now, out);
+        changed = true;
+      }
+    }
+  }
+
+  // Idle timeout: longest idle first, keeping the warm size and min_idle spares.
+  if (config_.idle_timeout.count() > 0) {
+    while (idle_tail_ != kNil && live_ > floor() && idle_unreserved_ > config_.min_idle) {
+      Slot& s = slots_[idle_tail_];
+      if (now - s.idle_since < config_.idle_timeout) break;
+      stop_session(s, StopReason::kIdleTimeout, now, out);
+      changed = true;
+    }
+  }
+
+  expire_reservations(now, out);
+  if (now >= next_cleanup_) {
+    cleanup_client_sessions(now, out);
+    next_cleanup_ = now + config_.client_session_cleanup_interval;
+  }
+  (void)changed;
+  ensure_capacity(now, out);
+  maybe_finish_drain(now, out);
+}
+
+TimePoint PoolCore::next_due() const {
+  TimePoint due = TimePoint::max();
+  if (auto* w = const_cast<WaitQueue&>(queue_).earliest_deadline()) due = w->deadline;
+  if (consecutive_start_failures_ > 0) due = std::min(due, next_start_allowed_);
+  return due;
+}
+
+// ---------------------------------------------------------------------------
+// operator controls
+
+std::expected<void, Error> PoolCore::scale(int target, TimePoint now, Output& out) {
+  if (target < 0 || target > config_.max) {
+    return std::unexpected(Error(ErrorCode::kInvalidArgument,
+                                 "target: must be in 0..max (" + std::to_string(config_.max) +
+                                     "), got " + std::to_string(target)));
+  }
+  target_ = target;
+  while (live_ > target_ && idle_tail_ != kNil) {
+    stop_session(slots_[idle_tail_], StopReason::kScaledDown, now, out);
+  }
+  excess_to_close_ = std::max(0, live_ - target_ -
+                                     by_state_[static_cast<int>(SessionState::kStarting)]);
+  emit(out, EventType::kScaled, now, 0, 0, {}, target);
+  ensure_capacity(now, out);
+  return {};
+}
+
+void PoolCore::pause(TimePoint now, Output& out) {
+  if (paused_) return;
+  paused_ = true;
+  reject_all(ErrorCode::kPoolPaused, "the pool was paused", kCriticalPriority + 1, now, out);
+  emit(out, EventType::kPaused, now);
+}
+
+void PoolCore::resume(TimePoint now, Output& out) {
+  if (shutdown_) return;
+  if (!paused_ && !draining_) return;
+  paused_ = false;
+  draining_ = false;
+  drain_announced_ = false;
+  emit(out, EventType::kResumed, now);
+  ensure_capacity(now, out);
+}
+
+void PoolCore::drain(TimePoint now, Output& out) {
+  if (draining_ || shutdown_) return;
+  draining_ = true;
+  drain_announced_ = false;
+  reject_all(ErrorCode::kPoolDraining, "the pool is draining", kCriticalPriority + 1, now, out);
+  emit(out, EventType::kDraining, now);
+  while (idle_head_ != kNil) stop_session(slots_[idle_head_], StopReason::kDrained, now, out);
+  for (Slot& s : slots_) {
+    if (s.in_use && s.state == SessionState::kIdle) stop_session(s, StopReason::kDrained, now, out);
+  }
+  maybe_finish_drain(now, out);
+}
+
+void PoolCore::emergency_stop(TimePoint now, Output& out) {
+  if (emergency_) return;
+  emergency_ = true;
+  reject_all(ErrorCode::kEmergencyStop, "emergency stop", kCriticalPriority, now, out);
+  emit(out, EventType::kEmergencyStop, now);
+}
+
+void PoolCore::emergency_resume(TimePoint now, Output& out) {
+  if (!emergency_) return;
+  emergency_ = false;
+  emit(out, EventType::kEmergencyResume, now);
+}
+
+void PoolCore::shutdown(TimePoint now, Output& out) {
+  if (shutdown_) return;
+  shutdown_ = true;
+  drain_announced_ = false;
+  reject_all(ErrorCode::kShutdown, "the pool is shutting down", kCriticalPriority + 1, now, out);
+  for (Slot& s : slots_) {
+    if (s.in_use && s.state == SessionState::kIdle) stop_session(s, StopReason::kShutdown, now, out);
+  }
+  maybe_finish_drain(now, out);
+}
+
+bool PoolCore::drained() const { return (draining_ || shutdown_) && live_ + closing_ == 0; }
+
+// ---------------------------------------------------------------------------
+// reservations
+
+std::expected<ReservationInfo, Error> PoolCore::reserve(std::string_view owner,
+                                                        TimePoint expires_at, TimePoint now,
+                                                        Output& out) {
+  if (owner.empty()) return std::unexpected(Error(ErrorCode::kInvalidArgument, "owner: required"));
+  if (expires_at <= now) {
+    return std::unexpected(Error(ErrorCode::kInvalidArgument, "expires_at: must be in the future"));
+  }
+  if (shutdown_) return std::unexpected(Error(ErrorCode::kShutdown, "the pool is shutting down"));
+  if (draining_) return std::unexpected(Error(ErrorCode::kPoolDraining, "the pool is draining"));
+  auto r = std::make_unique<Reservation>();
+  r->id = next_reservation_++;
+  r->owner.assign(owner);
+  r->expires_at = expires_at;
+  if (idle_tail_ != kNil) {
+    // The longest idle session, so the most recently used stay in general use.
+    Slot& s = slots_[idle_tail_];
+    idle_remove(s);
+    s.reservation = r->id;
+    r->session = s.id;
+  } else {
+    // Only reserve what can be started now; a reservation must not wait on demand.
+    int unassigned = 0;
+    for (auto& [id, other] : reservations_) {
+      if (other->session == 0) ++unassigned;
+    }
+    const int coming = by_state_[static_cast<int>(SessionState::kStarting)];
+    if (unassigned >= coming && !can_start_one(false)) {
+      return std::unexpected(Error(ErrorCode::kNoCapacity,
+                                   "no idle session to reserve and no room to start one"));
+    }
+  }
+  ReservationInfo info{.id = r->id, .owner = r->owner, .session = r->session,
+                       .expires_at = r->expires_at};
+  const ReservationId id = r->id;
+  reservations_.emplace(id, std::move(r));
+  emit(out, EventType::kReservationCreated, now, info.session, 0, info.owner,
+       static_cast<std::int64_t>(id));
+  ensure_capacity(now, out);
+  info.session = reservations_[id]->session;
+  return info;
+}
+
+void PoolCore::release_reservation(Reservation& r, TimePoint now, Output& out) {
+  const ReservationId id = r.id;
+  const std::string owner = r.owner;
+  Slot* s = r.session != 0 ? find(r.session) : nullptr;
+  reservations_.erase(id);
+  emit(out, EventType::kReservationEnded, now, s != nullptr ? s->id : 0, 0, owner,
+       static_cast<std::int64_t>(id));
+  if (s == nullptr) return;
+  s->reservation = 0;
+  if (s->state == SessionState::kIdle) {
+    make_idle(*s, now, out);  // back to general use, or to a waiter
+  }
+}
+
+std::expected<void, Error> PoolCore::cancel_reservation(ReservationId id, std::string_view owner,
+                                                        TimePoint now, Output& out) {
+  auto it = reservations_.find(id);
+  if (it == reservations_.end()) {
+    return std::unexpected(Error(ErrorCode::kUnknownReservation, "no such reservation"));
+  }
+  if (it->second->owner != owner) {
+    return std::unexpected(
+        Error(ErrorCode::kNotReservationOwner, "the reservation belongs to another owner"));
+  }
+  release_reservation(*it->second, now, out);
+  return {};
+}
+
+void PoolCore::expire_reservations(TimePoint now, Output& out) {
+  if (reservations_.empty()) return;
+  std::vector<ReservationId> expired;
+  for (auto& [id, r] : reservations_) {
+    if (r->expires_at <= now) expired.push_back(id);
+  }
+  std::sort(expired.begin(), expired.end());
+  for (ReservationId id : expired) release_reservation(*reservations_.at(id), now, out);
+}
+
+std::vector<ReservationInfo> PoolCore::reservations() const {
+  std::vector<ReservationInfo> list;
+  for (const auto& [id, r] : reservations_) {
+    list.push_back({.id = r->id, .owner = r->owner, .session = r->session,
+                    .expires_at = r->expires_at});
+  }
+  std::sort(list.begin(), list.end(), [](auto& a, auto& b) { return a.id < b.id; });
+  return list;
+}
+
+// ---------------------------------------------------------------------------
+// client sessions
+
+PoolCore::ClientRecord* PoolCore::client(std::string_view id) {
+  auto it = clients_.find(id);
+  return it == clients_.end() ? nullptr : it->second.get();
+}
+
+void PoolCore::client_lru_unlink(ClientRecord& c) {
+  if (c.prev != nullptr) {
+    c.prev->next = c.next;
+  } else if (lru_head_ == &c) {
+    lru_head_ = c.next;
+  }
+  if (c.next != nullptr) {
+    c.next->prev = c.prev;
+  } else if (lru_tail_ == &c) {
+    lru_tail_ = c.prev;
+  }
+  c.prev = c.next = nullptr;
+}
+
+void PoolCore::client_lru_push_back(ClientRecord& c) {
+  c.prev = lru_tail_;
+  c.next = nullptr;
+  if (lru_tail_ != nullptr) lru_tail_->next = &c;
+  lru_tail_ = &c;
+  if (lru_head_ == nullptr) lru_head_ = &c;
+}
+
+// Finds or creates the record and marks it active now. Null when the table
+// is full: affinity is then not remembered for this client session.
+PoolCore::ClientRecord* PoolCore::client_touch(std::string_view id, TimePoint now) {
+  ClientRecord* c = client(id);
+  if (c == nullptr) {
+    if (clients_.size() >= config_.max_client_sessions) return nullptr;
+    auto record = std::make_unique<ClientRecord>();
+    record->id.assign(id);
+    c = record.get();
+    clients_.emplace(record->id, std::move(record));
+  } else {
+    client_lru_unlink(*c);
+  }
+  c->last_activity = now;
+  client_lru_push_back(*c);
+  return c;
+}
+
+ClientSessionInfo PoolCore::client_info(const ClientRecord& c) const {
+  return {.id = c.id,
+          .last_session = c.last_session,
+          .last_activity = c.last_activity,
+          .expires_at = c.last_activity + config_.client_session_ttl,
+          .document = c.document,
+          .active_leases = c.active_leases};
+}
+
+std::expected<ClientSessionInfo, Error> PoolCore::put_client_session(std::string_view id,
+                                                                     std::string document,
+                                                                     TimePoint now) {
+  if (id.empty() || id.size() > kMaxClientSessionIdLength) {
+    return std::unexpected(Error(ErrorCode::kInvalidArgument, "id: must be 1..256 bytes"));
+  }
+  if (document.size() > config_.max_client_session_document) {
+    return std::unexpected(Error(ErrorCode::kDocumentTooLarge,
+                                 "document: " + std::to_string(document.size()) +
+                                     " bytes, the limit is " +
+                                     std::to_string(config_.max_client_session_document)));
+  }
+  if (client(id) == nullptr && clients_.size() >= config_.max_client_sessions) {
+    return std::unexpected(Error(ErrorCode::kTooManyClientSessions,
+                                 "the pool holds " + std::to_string(clients_.size()) +
+                                     " client sessions, the limit"));
+  }
+  ClientRecord* c = client_touch(id, now);
+  c->document = std::move(document);
+  return client_info(*c);
+}
+
+std::expected<ClientSessionInfo, Error> PoolCore::get_client_session(std::string_view id,
+                                                                     TimePoint now) const {
+  auto it = clients_.find(id);
+  if (it == clients_.end() ||
+      (it->second->active_leases == 0 &&
+       now - it->second->last_activity >= config_.client_session_ttl)) {
+    return std::unexpected(Error(ErrorCode::kUnknownClientSession, "no such client session"));
+  }
+  return client_info(*it->second);
+}
+
+std::expected<void, Error> PoolCore::delete_client_session(std::string_view id) {
+  auto it = clients_.find(id);
+  if (it == clients_.end()) {
+    return std::unexpected(Error(ErrorCode::kUnknownClientSession, "no such client session"));
+  }
+  client_lru_unlink(*it->second);
+  clients_.erase(it);
+  return {};
+}
+
+void PoolCore::cleanup_client_sessions(TimePoint now, Output& out) {
+  ++counters_.cleanup_runs;
+  int expired = 0;
+  int examined = 0;
+  const int limit = config_.client_session_cleanup_batch;
+  while (lru_head_ != nullptr && expired < limit && examined < 2 * limit) {
+    ClientRecord* c = lru_head_;
+    if (now - c->last_activity < config_.client_session_ttl) break;
+    ++examined;
+    client_lru_unlink(*c);
+    if (c->active_leases > 0) {
+      // In use: a lease in flight keeps it alive.
+      c->last_activity = now;
+      client_lru_push_back(*c);
+      continue;
+    }
+    clients_.erase(c->id);
+    ++expired;
+  }
+  counters_.client_sessions_expired += static_cast<std::uint64_t>(expired);
+  if (expired > 0) emit(out, EventType::kClientSessionsExpired, now, 0, 0, {}, expired);
+}
+
+// ---------------------------------------------------------------------------
+// observation
+
+void PoolCore::emit(Output& out, EventType type, TimePoint now, SessionId session, LeaseId lease,
+                    std::string detail, std::int64_t value) {
+  Event e;
+  e.type = type;
+  e.at = now;
+  e.session = session;
+  e.lease = lease;
+  e.detail = std::move(detail);
+  e.value = value;
+  out.events.push_back(std::move(e));
+}
+
+PoolStats PoolCore::stats() const {
+  PoolStats st = counters_;
+  st.sessions_by_state = by_state_;
+  st.sessions = live_ + closing_;
+  st.target = target_;
+  st.queue_length = static_cast<int>(queue_.size());
+  st.paused = paused_;
+  st.draining = draining_ || shutdown_;
+  st.emergency_stopped = emergency_;
+  st.reuse_rate = st.acquisitions == 0 ? 0.0
+                                       : static_cast<double>(st.reused) /
+                                             static_cast<double>(st.acquisitions);
+  st.wait = waits_.summary();
+  st.client_sessions_active = static_cast<int>(clients_.size());
+  st.reservations = static_cast<int>(reservations_.size());
+  return st;
+}
+
+std::optional<SessionInfo> PoolCore::session(SessionId id, TimePoint now) const {
+  const Slot* s = find(id);
+  if (s == nullptr) return std::nullopt;
+  SessionInfo info;
+  info.id = s->id;
+  info.state = s->state;
+  info.uses = s->uses;
+  info.health = s->health;
+  info.age = now - s->created_at;
+  info.idle = s->state == SessionState::kIdle ? now - s->idle_since : Duration{0};
+  info.reserved = s->reservation != 0;
+  if (s->reservation != 0) {
+    auto it = reservations_.find(s->reservation);
+    if (it != reservations_.end()) info.reserved_for = it->second->owner;
+  }
+  if (s->leased) {
+    info.lease_owner = s->lease_owner;
+    info.client_session = s->lease_client;
+  }
+  return info;
+}
+
+std::vector<SessionInfo> PoolCore::sessions(TimePoint now) const {
+  std::vector<SessionInfo> list;
+  list.reserve(static_cast<std::size_t>(live_ + closing_));
+  for (const Slot& s : slots_) {
+    if (s.in_use) list.push_back(*session(s.id, now));
+  }
+  return list;
+}
+
+LeaseId PoolCore::lease_of(SessionId id) const {
+  const Slot* s = find(id);
+  return (s != nullptr && s->leased) ? s->lease_id : 0;
+}
+
+}  // namespace poolkeeper::core

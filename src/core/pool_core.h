@@ -1,0 +1,272 @@
+// PoolCore: the rules of one pool as a deterministic state machine.
+//
+// The core owns no threads, does no I/O and never reads a clock: every input
+// carries `now`, and every decision comes back as Actions (start, stop or
+// check a session; grant or reject a waiter) and Events in an Output the
+// caller owns. The shell (Pool<T>, the runtime's PoolRunner, the simulator)
+// performs the actions and feeds the results back.
+//
+// Rules implemented here: sizing (min, max, overflow, lazy/eager start,
+// min_idle, a cap shared across pools, manual scale), leases with unguessable
+// never-reused ids, a priority wait queue with aging, deadlines, cancellation,
+// a length cap and early rejection, idle/lease/lifetime/use limits, health
+// scores with checks and validation, client sessions with affinity and TTL
+// expiry in batches, reservations, pause/resume/drain and emergency stop, and
+// statistics.
+//
+// Thread-safety: none. One caller at a time (a mutex in Pool<T>, a strand in
+// the runtime). The optional SharedCap is the only state shared with others.
+//
+//   PoolCore core(config, {.seed = 42});
+//   Output out;
+//   auto r = core.acquire({.deadline = now + 1s}, now, out);
+//   for (const Action& a : out.actions) { ... perform, then report back ... }
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <deque>
+#include <expected>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "core/actions.h"
+#include "core/histogram.h"
+#include "core/lease_codec.h"
+#include "core/random.h"
+#include "poolkeeper/shared_cap.h"
+#include "core/wait_queue.h"
+#include "poolkeeper/pool_config.h"
+#include "poolkeeper/stats.h"
+
+namespace poolkeeper::core {
+
+struct CoreOptions {
+  std::uint64_t seed = 0x5eed;   // jitter and lease-id keys
+  SharedCap* shared_cap = nullptr;  // not owned; may be shared with other cores
+};
+
+struct AcquireRequest {
+  int priority = kNormalPriority;
+  TimePoint deadline = TimePoint::max();
+  std::string_view client_session;   // affinity key; empty for none
+  std::string_view owner;            // who may release; reservations match on it
+  Duration lease_timeout{0};         // 0: the pool's lease_timeout
+};
+
+// An acquire either got a lease at once or was queued (answered later by a
+// kGrant or kReject action for `waiter`). Refusals are errors.
+struct AcquireOutcome {
+  bool granted = false;
+  Grant grant;        // when granted
+  WaiterId waiter = 0;  // when queued
+  int queue_position = 0;         // when queued: waiters ahead + 1
+  Duration estimated_wait{0};     // when queued: the predicted wait, 0 when unknown
+};
+
+enum class ReleaseOutcome : std::uint8_t {
+  kOk,      // the session is fine
+  kError,   // the work failed; the session lost health but may be reused
+  kBroken,  // the session must not be reused
+};
+
+struct ReservationInfo {
+  ReservationId id = 0;
+  std::string owner;
+  SessionId session = 0;
+  TimePoint expires_at{};
+};
+
+struct ClientSessionInfo {
+  std::string id;
+  SessionId last_session = 0;
+  TimePoint last_activity{};
+  TimePoint expires_at{};
+  std::string document;
+  int active_leases = 0;
+};
+
+class PoolCore {
+ public:
+  // Validates `config`; a bad key is an error that names it.
+  static std::expected<std::unique_ptr<PoolCore>, Error> create(PoolConfig config,
+                                                                CoreOptions options = {});
+  PoolCore(PoolConfig config, CoreOptions options);  // config must be valid
+  ~PoolCore();
+  PoolCore(const PoolCore&) = delete;
+  PoolCore& operator=(const PoolCore&) = delete;
+
+  const PoolConfig& config() const { return config_; }
+
+  // Starts what the pool keeps warm (min, min_idle, or max when eager).
+  void start(TimePoint now, Output& out);
+
+  // --- leases ---
+  std::expected<AcquireOutcome, Error> acquire(const AcquireRequest& request, TimePoint now,
+                                               Output& out);
+  // The caller went away. Answers the waiter (kCancelled) without an action.
+  std::expected<void, Error> cancel(WaiterId waiter, TimePoint now, Output& out);
+  // `owner` must match the acquire's owner; std::nullopt skips the check (a
+  // shell releasing a lease it handed out itself).
+  std::expected<void, Error> release(LeaseId lease, std::optional<std::string_view> owner,
+                                     ReleaseOutcome outcome, TimePoint now, Output& out);
+
+  // --- results of actions ---
+  void session_started(SessionId session, TimePoint now, Output& out);
+  void session_start_failed(SessionId session, std::string_view error, TimePoint now, Output& out);
+  void session_stopped(SessionId session, TimePoint now, Output& out);
+  void session_exited(SessionId session, std::string_view why, TimePoint now, Output& out);
+  void check_result(SessionId session, bool healthy, TimePoint now, Output& out);
+
+  // Timeouts, limits, health schedule, expiries, retries. Call at least every
+  // `tick_interval()`; calling more often is harmless.
+  void tick(TimePoint now, Output& out);
+  // The earliest time something in the core becomes due (a waiter deadline,
+  // a start retry), or TimePoint::max(). Shells may sleep until then.
+  TimePoint next_due() const;
+
+  // --- operator controls ---
+  std::expected<void, Error> scale(int target, TimePoint now, Output& out);
+  void pause(TimePoint now, Output& out);
+  void resume(TimePoint now, Output& out);
+  void drain(TimePoint now, Output& out);
+  void emergency_stop(TimePoint now, Output& out);
+  void emergency_resume(TimePoint now, Output& out);
+  // Answers every waiter (kShutdown), refuses new acquires and stops every
+  // session not leased; leased ones are stopped when released.
+  void shutdown(TimePoint now, Output& out);
+  bool drained() const;  // no session left after drain or shutdown
+
+  // --- reservations ---
+  std::expected<ReservationInfo, Error> reserve(std::string_view owner, TimePoint expires_at,
+                                                TimePoint now, Output& out);
+  std::expected<void, Error> cancel_reservation(ReservationId id, std::string_view owner,
+                                                TimePoint now, Output& out);
+  std::vector<ReservationInfo> reservations() const;
+
+  // --- client sessions ---
+  std::expected<ClientSessionInfo, Error> put_client_session(std::string_view id,
+                                                             std::string document, TimePoint now);
+  std::expected<ClientSessionInfo, Error> get_client_session(std::string_view id,
+                                                             TimePoint now) const;
+  std::expected<void, Error> delete_client_session(std::string_view id);
+
+  // --- observation ---
+  PoolStats stats() const;
+  std::vector<SessionInfo> sessions(TimePoint now) const;
+  std::optional<SessionInfo> session(SessionId id, TimePoint now) const;
+  int session_count() const { return live_ + closing_; }  // everything not yet stopped
+  int queue_length() const { return static_cast<int>(queue_.size()); }
+  // The lease held on `session`, or 0.
+  LeaseId lease_of(SessionId session) const;
+
+ private:
+  struct Slot;
+  struct ClientRecord;
+  struct Reservation;
+
+  // sessions
+  Slot* find(SessionId id);
+  const Slot* find(SessionId id) const;
+  bool can_start_one(bool for_demand) const;
+  void start_session(TimePoint now, Output& out);
+  void stop_session(Slot& s, StopReason reason, TimePoint now, Output& out);
+  void free_slot(Slot& s, TimePoint now, StopReason reason, Output& out);
+  void make_idle(Slot& s, TimePoint now, Output& out);
+  void send_to_check(Slot& s, TimePoint now, Output& out);
+  bool must_recycle(const Slot& s, TimePoint now) const;
+  void idle_push(Slot& s);
+  void idle_remove(Slot& s);
+  Grant lease_to(Slot& s, const AcquireRequest& r, TimePoint enqueued, TimePoint now, Output& out);
+  void end_lease(Slot& s, TimePoint now, ErrorCode unreleased);
+  void remember_ended(LeaseId lease, ErrorCode code);
+  void set_state(Slot& s, SessionState state);
+
+  // queue and capacity
+  void dispatch(TimePoint now, Output& out);
+  void ensure_capacity(TimePoint now, Output& out);
+  void reject_waiter(WaiterId id, Error error, TimePoint now, Output& out);
+  void reject_all(ErrorCode code, std::string_view why, int below_priority, TimePoint now,
+                  Output& out);
+  Duration predict_wait(int position) const;
+  Slot* take_idle_for(const AcquireRequest& r, TimePoint now, Output& out, bool* affinity_hit);
+  Slot* reserved_idle_for(std::string_view owner);
+  int floor() const;
+  void maybe_finish_drain(TimePoint now, Output& out);
+  void emit(Output& out, EventType type, TimePoint now, SessionId session = 0, LeaseId lease = 0,
+            std::string detail = {}, std::int64_t value = 0);
+
+  // client sessions
+  ClientRecord* client(std::string_view id);
+  ClientRecord* client_touch(std::string_view id, TimePoint now);
+  void client_lru_unlink(ClientRecord& c);
+  void client_lru_push_back(ClientRecord& c);
+  void cleanup_client_sessions(TimePoint now, Output& out);
+  ClientSessionInfo client_info(const ClientRecord& c) const;
+
+  void expire_reservations(TimePoint now, Output& out);
+  void release_reservation(Reservation& r, TimePoint now, Output& out);
+
+  PoolConfig config_;
+  CoreOptions options_;
+  Random random_;
+  LeaseCodec codec_;
+
+  std::vector<Slot> slots_;
+  std::vector<std::uint32_t> free_slots_;
+  std::uint32_t idle_head_ = kNil;  // most recently idle
+  std::uint32_t idle_tail_ = kNil;  // longest idle
+  static constexpr std::uint32_t kNil = 0xffffffffu;
+
+  std::array<int, kSessionStateCount> by_state_{};
+  int live_ = 0;       // starting + idle + leased + checking
+  int closing_ = 0;
+  int idle_unreserved_ = 0;
+  int target_ = 0;
+
+  WaitQueue queue_;
+
+  // start failures and backoff
+  int consecutive_start_failures_ = 0;
+  TimePoint next_start_allowed_{};
+  std::string last_start_error_;
+
+  // learned timings (nanoseconds, exponentially weighted)
+  double avg_hold_ns_ = 0;
+  double avg_start_ns_ = 0;
+  std::uint64_t hold_samples_ = 0;
+
+  bool paused_ = false;
+  bool draining_ = false;
+  bool drain_announced_ = false;
+  bool emergency_ = false;
+  bool shutdown_ = false;
+
+  struct StringHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  std::unordered_map<std::string, std::unique_ptr<ClientRecord>, StringHash, std::equal_to<>>
+      clients_;
+  ClientRecord* lru_head_ = nullptr;  // least recently active
+  ClientRecord* lru_tail_ = nullptr;
+  TimePoint next_cleanup_{};
+
+  std::unordered_map<ReservationId, std::unique_ptr<Reservation>> reservations_;
+  ReservationId next_reservation_ = 1;
+
+  // Leases that ended without a release (reclaimed, session lost), so a late
+  // release gets the precise error. Bounded: the oldest are forgotten first.
+  std::unordered_map<LeaseId, ErrorCode> ended_;
+  std::deque<LeaseId> ended_order_;
+  int excess_to_close_ = 0;  // leased sessions to close on release after a scale-down
+
+  Histogram waits_;
+  PoolStats counters_;
+};
+
+}  // namespace poolkeeper::core
