@@ -202,7 +202,7 @@ void PoolCore::start_session(TimePoint now, Output& out) {
   s.was_unhealthy = false;
   s.leased = false;
   s.reservation = 0;
-  if (live_ + closing_ > config_.max) ++counters_.overflow_created;
+  if (live_ > config_.max) ++counters_.overflow_created;
 
   Action a;
   a.type = ActionType::kStartSession;

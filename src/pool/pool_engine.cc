@@ -1,0 +1,544 @@
+// The engine behind Pool<T>: one PoolCore behind a mutex, worker threads that
+// run factory calls and ticks, and waiters parked on a futex each.
+//
+// Fast path (an idle session is there): lock, core.acquire, unlock. No clock
+// read (the time is a coarse value refreshed by every tick and slow path), no
+// allocation, no syscall. A waiter parks on its own futex and is handed its
+// lease directly by whoever releases the session (no thundering herd).
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <ctime>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "core/pool_core.h"
+#include "poolkeeper/pool.h"
+
+namespace poolkeeper::detail {
+namespace {
+
+constexpr std::uint32_t kWaiting = 0;
+constexpr std::uint32_t kAnswered = 1;
+
+void futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expected, Duration timeout) {
+  timespec ts{};
+  const auto n = std::max<Duration::rep>(timeout.count(), 0);
+  ts.tv_sec = static_cast<time_t>(n / 1'000'000'000);
+  ts.tv_nsec = static_cast<long>(n % 1'000'000'000);
+  syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAIT_PRIVATE, expected, &ts,
+          nullptr, 0);
+}
+
+void futex_wake(std::atomic<std::uint32_t>* word) {
+  syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAKE_PRIVATE, 1, nullptr,
+          nullptr, 0);
+}
+
+std::uint32_t slot_of(SessionId id) { return static_cast<std::uint32_t>(id & 0xffffffffu); }
+
+TimePoint saturating_add(TimePoint t, Duration d) {
+  if (d.count() <= 0) return t;
+  if (d > TimePoint::max() - t) return TimePoint::max();
+  return t + d;
+}
+
+}  // namespace
+
+class PoolEngine {
+ public:
+  PoolEngine(std::unique_ptr<core::PoolCore> core, ErasedFactory factory, PoolOptions options)
+      : clock_(options.clock != nullptr ? options.clock : &real_clock()),
+        core_(std::move(core)),
+        factory_(std::move(factory)),
+        cap_(std::move(options.shared_cap)),
+        tick_interval_(options.tick_interval.count() > 0 ? options.tick_interval
+                                                         : std::chrono::milliseconds(10)) {
+    std::unique_lock lock(mu_);
+    now_ = clock_->now();
+    core_->start(now_, out_);
+    flush(lock);
+    lock.unlock();
+    const int n = std::max(1, options.worker_threads);
+    workers_.reserve(static_cast<std::size_t>(n));
+    for (int i = 0; i < n; ++i) workers_.emplace_back([this] { work(); });
+  }
+
+  ~PoolEngine() = default;
+
+  std::expected<LeaseHandle, Error> acquire(const AcquireOptions& o) {
+    std::unique_lock lock(mu_);
+    const TimePoint now = now_;
+    const core::AcquireRequest request{.priority = o.priority,
+                                       .deadline = saturating_add(now, o.timeout),
+                                       .client_session = o.client_session,
+                                       .owner = o.owner,
+                                       .lease_timeout = o.lease_timeout};
+    auto result = core_->acquire(request, now, out_);
+    if (!result) {
+      if (!out_.empty()) flush(lock);
+      return std::unexpected(std::move(result.error()));
+    }
+    if (result->granted) {
+      const LeaseHandle handle = hand_out(result->grant);
+      if (!out_.empty()) flush(lock);
+      return handle;
+    }
+    // Queued: park until a release, a start, a tick or the deadline answers us.
+    WaitRecord record;
+    waiters_.emplace(result->waiter, &record);
+    ++waiting_threads_;
+    flush(lock);
+    lock.unlock();
+    wait(record, request.deadline);
+    lock.lock();
+    if (--waiting_threads_ == 0) changed_.notify_all();
+    return std::move(record.result);
+  }
+
+  std::expected<void, Error> release(const LeaseHandle& handle, int outcome) {
+    if (outcome == 0 && factory_.reset) {
+      bool ok = false;
+      try {
+        ok = factory_.reset(handle.object);
+      } catch (...) {
+        ok = false;
+      }
+      if (!ok) outcome = 2;
+    }
+    const auto kind = outcome == 0   ? core::ReleaseOutcome::kOk
+                      : outcome == 1 ? core::ReleaseOutcome::kError
+                                     : core::ReleaseOutcome::kBroken;
+    std::unique_lock lock(mu_);
+    const std::uint32_t slot = slot_of(handle.session);
+    auto result = core_->release(handle.lease, std::nullopt, kind, now_, out_);
+    if (slot < handed_out_.size()) handed_out_[slot] = 0;
+    --outstanding_;
+    if (slot < destroy_on_return_.size() && destroy_on_return_[slot] != 0) {
+      // The lease was reclaimed while we held the object: it is ours to destroy now.
+      destroy_on_return_[slot] = 0;
+      run_stop(lock, handle.session);
+    }
+    flush(lock);
+    if (closed_ && outstanding_ == 0 && workers_done_) {
+      lock.unlock();
+      delete this;
+      return result;
+    }
+    return result;
+  }
+
+  template <class F>
+  auto control(F&& f) {
+    std::unique_lock lock(mu_);
+    refresh_now();
+    auto r = f(*core_, now_, out_);
+    flush(lock);
+    return r;
+  }
+
+  void shutdown(Duration grace) {
+    {
+      std::unique_lock lock(mu_);
+      refresh_now();
+      core_->shutdown(now_, out_);
+      flush(lock);
+      // Let leases in flight come back: their sessions stop on release.
+      const TimePoint until = saturating_add(clock_->now(), grace);
+      while (core_->session_count() > 0 && clock_->now() < until) {
+        changed_.wait_for(lock, std::min<Duration>(until - clock_->now(), tick_interval_));
+      }
+      stopping_ = true;
+    }
+    work_cv_.notify_all();
+    for (std::thread& t : workers_) {
+      if (t.joinable()) t.join();
+    }
+    std::unique_lock lock(mu_);
+    workers_done_ = true;
+    flush(lock);  // anything left runs inline from now on
+  }
+
+  void close(Duration grace) {
+    shutdown(grace);
+    std::unique_lock lock(mu_);
+    // Threads still inside acquire() were answered by the shutdown; let them leave.
+    changed_.wait(lock, [this] { return waiting_threads_ == 0; });
+    closed_ = true;
+    if (outstanding_ == 0) {
+      lock.unlock();
+      delete this;
+    }
+  }
+
+  PoolStats stats() const {
+    std::unique_lock lock(mu_);
+    return core_->stats();
+  }
+  std::vector<SessionInfo> sessions() const {
+    std::unique_lock lock(mu_);
+    return core_->sessions(clock_->now());
+  }
+  std::expected<ClientSessionView, Error> client_session(std::string_view id) const {
+    std::unique_lock lock(mu_);
+    auto info = core_->get_client_session(id, clock_->now());
+    if (!info) return std::unexpected(std::move(info.error()));
+    return ClientSessionView{.id = std::move(info->id),
+                             .last_session = info->last_session,
+                             .document = std::move(info->document),
+                             .active_leases = info->active_leases};
+  }
+  Clock& clock() const { return *clock_; }
+
+ private:
+  struct WaitRecord {
+    std::atomic<std::uint32_t> state{kWaiting};
+    std::expected<LeaseHandle, Error> result;
+  };
+
+  // Under mu_.
+  void refresh_now() {
+    const TimePoint t = clock_->now();
+    if (t > now_) now_ = t;
+  }
+
+  // Under mu_: records a lease given to a caller.
+  LeaseHandle hand_out(const core::Grant& grant) {
+    const std::uint32_t slot = slot_of(grant.session);
+    handed_out_[slot] = 1;
+    ++outstanding_;
+    return LeaseHandle{.lease = grant.lease, .session = grant.session, .object = objects_[slot]};
+  }
+
+  void ensure_slot(std::uint32_t slot) {
+    if (slot >= objects_.size()) {
+      objects_.resize(slot + 1, nullptr);
+      handed_out_.resize(slot + 1, 0);
+      destroy_on_return_.resize(slot + 1, 0);
+    }
+  }
+
+  // Under mu_ (held by `lock`): performs the core's output. Grants and
+  // rejections answer waiters (woken after the lock is released); session
+  // work goes to the workers, or runs here once they are gone.
+  void flush(std::unique_lock<std::mutex>& lock) {
+    wake_.clear();
+    bool again = true;
+    while (again) {
+      again = false;
+      for (core::Action& a : out_.actions) {
+        switch (a.type) {
+          case core::ActionType::kGrant:
+          case core::ActionType::kReject: {
+            auto it = waiters_.find(a.waiter);
+            if (it == waiters_.end()) break;  // cannot happen: every waiter is registered
+            WaitRecord* record = it->second;
+            waiters_.erase(it);
+            if (a.type == core::ActionType::kGrant) {
+              record->result = hand_out(a.grant);
+            } else {
+              record->result = std::unexpected(std::move(a.error));
+            }
+            record->state.store(kAnswered, std::memory_order_release);
+            wake_.push_back(&record->state);
+            break;
+          }
+          default:
+            jobs_.push_back(std::move(a));
+            break;
+        }
+      }
+      const bool had_events = !out_.events.empty();
+      out_.clear();
+      if (had_events) changed_.notify_all();
+      if (workers_done_ && !jobs_.empty()) {
+        // No workers any more: run the jobs in this thread.
+        while (!jobs_.empty()) {
+          core::Action job = std::move(jobs_.front());
+          jobs_.pop_front();
+          run_job(lock, job);
+        }
+        again = !out_.actions.empty() || !out_.events.empty();
+      }
+    }
+    if (!jobs_.empty()) work_cv_.notify_one();
+    if (!wake_.empty()) {
+      std::vector<std::atomic<std::uint32_t>*> wake;
+      wake.swap(wake_);
+      lock.unlock();
+      for (auto* w : wake) futex_wake(w);
+      lock.lock();
+      if (wake_.empty()) wake_.swap(wake);
+    }
+  }
+
+  void wait(WaitRecord& record, TimePoint deadline) {
+    for (;;) {
+      if (record.state.load(std::memory_order_acquire) == kAnswered) return;
+      const TimePoint now = clock_->now();
+      if (now >= deadline) {
+        // Our deadline passed: a tick answers us (and anyone else due).
+        std::unique_lock lock(mu_);
+        if (record.state.load(std::memory_order_acquire) == kAnswered) return;
+        refresh_now();
+        core_->tick(now_, out_);
+        flush(lock);
+        if (record.state.load(std::memory_order_acquire) == kAnswered) return;
+        // The pool's clock is not real time (a manual clock in tests): the
+        // workers' ticks answer us once it moves. Wait in short steps.
+        lock.unlock();
+        futex_wait(&record.state, kWaiting, tick_interval_);
+        continue;
+      }
+      futex_wait(&record.state, kWaiting, std::min<Duration>(deadline - now, std::chrono::seconds(1)));
+    }
+  }
+
+  void work() {
+    std::unique_lock lock(mu_);
+    TimePoint last_tick = clock_->now();
+    for (;;) {
+      if (jobs_.empty()) {
+        if (stopping_) return;
+        work_cv_.wait_for(lock, tick_interval_);
+      }
+      refresh_now();
+      if (now_ - last_tick >= tick_interval_) {
+        last_tick = now_;
+        core_->tick(now_, out_);
+        flush(lock);
+      }
+      if (!jobs_.empty()) {
+        core::Action job = std::move(jobs_.front());
+        jobs_.pop_front();
+        run_job(lock, job);
+        flush(lock);
+      }
+    }
+  }
+
+  // Under mu_; unlocks around factory calls.
+  void run_job(std::unique_lock<std::mutex>& lock, const core::Action& job) {
+    switch (job.type) {
+      case core::ActionType::kStartSession: {
+        lock.unlock();
+        std::expected<void*, std::string> made;
+        try {
+          made = factory_.create();
+        } catch (const std::exception& e) {
+          made = std::unexpected(std::string("create threw: ") + e.what());
+        } catch (...) {
+          made = std::unexpected(std::string("create threw"));
+        }
+        lock.lock();
+        refresh_now();
+        if (made) {
+          const std::uint32_t slot = slot_of(job.session);
+          ensure_slot(slot);
+          objects_[slot] = *made;
+          core_->session_started(job.session, now_, out_);
+        } else {
+          core_->session_start_failed(job.session, made.error(), now_, out_);
+        }
+        break;
+      }
+      case core::ActionType::kStopSession: {
+        const std::uint32_t slot = slot_of(job.session);
+        if (slot < handed_out_.size() && handed_out_[slot] != 0) {
+          // A reclaimed lease still holds the object: destroy it when it comes back.
+          destroy_on_return_[slot] = 1;
+          break;
+        }
+        run_stop(lock, job.session);
+        break;
+      }
+      case core::ActionType::kCheckSession: {
+        void* object = objects_[slot_of(job.session)];
+        bool healthy = true;
+        if (factory_.validate) {
+          lock.unlock();
+          try {
+            healthy = factory_.validate(object);
+          } catch (...) {
+            healthy = false;
+          }
+          lock.lock();
+        }
+        refresh_now();
+        core_->check_result(job.session, healthy, now_, out_);
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
+  // Under mu_: destroys the session's object and reports it stopped.
+  void run_stop(std::unique_lock<std::mutex>& lock, SessionId session) {
+    const std::uint32_t slot = slot_of(session);
+    void* object = slot < objects_.size() ? std::exchange(objects_[slot], nullptr) : nullptr;
+    if (object != nullptr) {
+      lock.unlock();
+      try {
+        factory_.destroy(object);
+      } catch (...) {
+        // A throwing destroy must not take the pool down; the object is gone either way.
+      }
+      lock.lock();
+    }
+    refresh_now();
+    core_->session_stopped(session, now_, out_);
+  }
+
+  Clock* clock_;
+  mutable std::mutex mu_;
+  std::condition_variable work_cv_;
+  std::condition_variable changed_;
+  std::unique_ptr<core::PoolCore> core_;
+  ErasedFactory factory_;
+  std::shared_ptr<SharedCap> cap_;  // keeps the shared cap alive as long as the core
+  Duration tick_interval_;
+
+  TimePoint now_{};  // coarse time: refreshed by ticks and slow paths
+  core::Output out_;
+  std::vector<void*> objects_;            // by slot
+  std::vector<std::uint8_t> handed_out_;  // by slot: a Lease holds the object
+  std::vector<std::uint8_t> destroy_on_return_;
+  std::unordered_map<core::WaiterId, WaitRecord*> waiters_;
+  std::vector<std::atomic<std::uint32_t>*> wake_;
+  std::deque<core::Action> jobs_;
+  std::vector<std::thread> workers_;
+  int outstanding_ = 0;       // leases held by callers
+  int waiting_threads_ = 0;   // callers parked in acquire()
+  bool stopping_ = false;
+  bool workers_done_ = false;
+  bool closed_ = false;
+};
+
+std::expected<PoolEngine*, Error> make_engine(PoolConfig config, ErasedFactory factory,
+                                              PoolOptions options) {
+  if (!factory.create) {
+    return std::unexpected(Error(ErrorCode::kInvalidConfig, "factory.create: required"));
+  }
+  std::uint64_t seed = options.seed;
+  if (seed == 0) {
+    std::random_device device;
+    seed = (static_cast<std::uint64_t>(device()) << 32) ^ device();
+  }
+  auto core = core::PoolCore::create(std::move(config),
+                                     core::CoreOptions{.seed = seed,
+                                                       .shared_cap = options.shared_cap.get()});
+  if (!core) return std::unexpected(std::move(core.error()));
+  return new PoolEngine(std::move(*core), std::move(factory), std::move(options));
+}
+
+void close_engine(PoolEngine* engine, std::chrono::nanoseconds grace) { engine->close(grace); }
+
+std::expected<LeaseHandle, Error> engine_acquire(PoolEngine* engine, const AcquireOptions& options) {
+  return engine->acquire(options);
+}
+
+std::expected<void, Error> engine_release(PoolEngine* engine, const LeaseHandle& handle,
+                                          int outcome) {
+  return engine->release(handle, outcome);
+}
+
+std::expected<void, Error> engine_scale(PoolEngine* engine, int target) {
+  return engine->control([&](core::PoolCore& c, TimePoint now, core::Output& out) {
+    return c.scale(target, now, out);
+  });
+}
+
+void engine_pause(PoolEngine* engine) {
+  engine->control([](core::PoolCore& c, TimePoint now, core::Output& out) {
+    c.pause(now, out);
+    return 0;
+  });
+}
+
+void engine_resume(PoolEngine* engine) {
+  engine->control([](core::PoolCore& c, TimePoint now, core::Output& out) {
+    c.resume(now, out);
+    return 0;
+  });
+}
+
+void engine_drain(PoolEngine* engine) {
+  engine->control([](core::PoolCore& c, TimePoint now, core::Output& out) {
+    c.drain(now, out);
+    return 0;
+  });
+}
+
+void engine_emergency_stop(PoolEngine* engine) {
+  engine->control([](core::PoolCore& c, TimePoint now, core::Output& out) {
+    c.emergency_stop(now, out);
+    return 0;
+  });
+}
+
+void engine_emergency_resume(PoolEngine* engine) {
+  engine->control([](core::PoolCore& c, TimePoint now, core::Output& out) {
+    c.emergency_resume(now, out);
+    return 0;
+  });
+}
+
+void engine_shutdown(PoolEngine* engine, std::chrono::nanoseconds grace) {
+  engine->shutdown(grace);
+}
+
+PoolStats engine_stats(const PoolEngine* engine) { return engine->stats(); }
+
+std::vector<SessionInfo> engine_sessions(const PoolEngine* engine) { return engine->sessions(); }
+
+std::expected<std::uint64_t, Error> engine_reserve(PoolEngine* engine, std::string_view owner,
+                                                   std::chrono::nanoseconds duration) {
+  return engine->control(
+      [&](core::PoolCore& c, TimePoint now,
+          core::Output& out) -> std::expected<std::uint64_t, Error> {
+        auto r = c.reserve(owner, saturating_add(now, duration), now, out);
+        if (!r) return std::unexpected(std::move(r.error()));
+        return r->id;
+      });
+}
+
+std::expected<void, Error> engine_cancel_reservation(PoolEngine* engine, std::uint64_t id,
+                                                     std::string_view owner) {
+  return engine->control([&](core::PoolCore& c, TimePoint now, core::Output& out) {
+    return c.cancel_reservation(id, owner, now, out);
+  });
+}
+
+std::expected<void, Error> engine_put_client_session(PoolEngine* engine, std::string_view id,
+                                                     std::string document) {
+  return engine->control(
+      [&](core::PoolCore& c, TimePoint now, core::Output&) -> std::expected<void, Error> {
+        auto r = c.put_client_session(id, std::move(document), now);
+        if (!r) return std::unexpected(std::move(r.error()));
+        return {};
+      });
+}
+
+std::expected<ClientSessionView, Error> engine_get_client_session(const PoolEngine* engine,
+                                                                  std::string_view id) {
+  return engine->client_session(id);
+}
+
+std::expected<void, Error> engine_delete_client_session(PoolEngine* engine, std::string_view id) {
+  return engine->control([&](core::PoolCore& c, TimePoint, core::Output&) {
+    return c.delete_client_session(id);
+  });
+}
+
+}  // namespace poolkeeper::detail
