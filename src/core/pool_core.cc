@@ -293,6 +293,17 @@ void PoolCore::make_idle(Slot& s, TimePoint now, Output& out) {
   }
   set_state(s, SessionState::kIdle);
   s.idle_since = now;
+  if (s.reservation != 0 || !reservations_.empty()) [[unlikely]] {
+    if (give_to_reservation(s, now, out)) return;
+  }
+  idle_push(s);
+  if (!queue_.empty()) dispatch(now, out);
+}
+
+// An idle session with a reservation goes to a waiter of the reservation's
+// owner, if any; an unreserved one is taken by a reservation still waiting for
+// a session. True when the session is no longer for general use.
+bool PoolCore::give_to_reservation(Slot& s, TimePoint now, Output& out) {
   if (s.reservation != 0) {
     auto it = reservations_.find(s.reservation);
     if (it != reservations_.end()) {
@@ -312,21 +323,19 @@ void PoolCore::make_idle(Slot& s, TimePoint now, Output& out) {
         out.actions.push_back(std::move(a));
         queue_.remove(wid);
       }
-      return;
+      return true;
     }
     s.reservation = 0;
   }
-  // A reservation still waiting for a session takes this one.
+  // The oldest reservation still waiting for a session takes this one.
+  Reservation* waiting = nullptr;
   for (auto& [id, r] : reservations_) {
-    if (r->session == 0) {
-      r->session = s.id;
-      s.reservation = id;
-      make_idle(s, now, out);
-      return;
-    }
+    if (r->session == 0 && (waiting == nullptr || r->id < waiting->id)) waiting = r.get();
   }
-  idle_push(s);
-  dispatch(now, out);
+  if (waiting == nullptr) return false;
+  waiting->session = s.id;
+  s.reservation = waiting->id;
+  return give_to_reservation(s, now, out);
 }
 
 Grant PoolCore::lease_to(Slot& s, const AcquireRequest& r, TimePoint enqueued, TimePoint now,
@@ -510,12 +519,11 @@ Duration PoolCore::predict_wait(int position) const {
                         (options_.shared_cap == nullptr ||
                          options_.shared_cap->used() < options_.shared_cap->limit());
   if (position <= coming || can_grow) {
-    return Duration{static_cast<Duration::rep>(avg_start_ns_)};
+    return Duration{avg_start_ns_};
   }
   const int leased = by_state_[static_cast<int>(SessionState::kLeased)];
   if (hold_samples_ < 8 || leased == 0) return Duration{0};
-  const double per_release = avg_hold_ns_ / leased;
-  return Duration{static_cast<Duration::rep>(per_release * (position - coming))};
+  return Duration{avg_hold_ns_ / leased * (position - coming)};
 }
 
 std::expected<void, Error> PoolCore::cancel(WaiterId waiter, TimePoint now, Output& out) {
@@ -551,8 +559,9 @@ std::expected<void, Error> PoolCore::release(LeaseId lease, std::optional<std::s
   }
 
   // Learn hold times (for wait prediction).
-  const double held = static_cast<double>(ns(now - s.lease_started));
-  avg_hold_ns_ = hold_samples_ == 0 ? held : avg_hold_ns_ + (held - avg_hold_ns_) * 0.05;
+  // Integer EWMA (weight 1/16): cheap, and no denormals when holds are ~0.
+  const std::int64_t held = ns(now - s.lease_started);
+  avg_hold_ns_ = hold_samples_ == 0 ? held : avg_hold_ns_ + (held - avg_hold_ns_) / 16;
   ++hold_samples_;
   ++counters_.releases;
   if (config_.lease_events) emit(out, EventType::kLeaseReleased, now, s.id, s.lease_id);
@@ -583,7 +592,7 @@ std::expected<void, Error> PoolCore::release(LeaseId lease, std::optional<std::s
     return {};
   }
   if (s.reservation == 0 && queue_.empty()) {
-    if (live_ + closing_ > config_.max) {
+    if (live_ > config_.max) {
       stop_session(s, StopReason::kOverflow, now, out);
       return {};
     }
@@ -621,7 +630,7 @@ void PoolCore::dispatch(TimePoint now, Output& out) {
     out.actions.push_back(std::move(a));
     queue_.remove(wid);
   }
-  ensure_capacity(now, out);
+  if (!queue_.empty()) ensure_capacity(now, out);
 }
 
 void PoolCore::ensure_capacity(TimePoint now, Output& out) {
@@ -687,8 +696,8 @@ void PoolCore::maybe_finish_drain(TimePoint now, Output& out) {
 void PoolCore::session_started(SessionId session, TimePoint now, Output& out) {
   Slot* s = find(session);
   if (s == nullptr || s->state != SessionState::kStarting) return;
-  const double took = static_cast<double>(ns(now - s->created_at));
-  avg_start_ns_ = counters_.sessions_created == 0 ? took : avg_start_ns_ + (took - avg_start_ns_) * 0.2;
+  const std::int64_t took = ns(now - s->created_at);
+  avg_start_ns_ = counters_.sessions_created == 0 ? took : avg_start_ns_ + (took - avg_start_ns_) / 4;
   ++counters_.sessions_created;
   consecutive_start_failures_ = 0;
   last_start_error_.clear();

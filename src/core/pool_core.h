@@ -177,6 +177,7 @@ class PoolCore {
   void stop_session(Slot& s, StopReason reason, TimePoint now, Output& out);
   void free_slot(Slot& s, TimePoint now, StopReason reason, Output& out);
   void make_idle(Slot& s, TimePoint now, Output& out);
+  bool give_to_reservation(Slot& s, TimePoint now, Output& out);
   void send_to_check(Slot& s, TimePoint now, Output& out);
   bool must_recycle(const Slot& s, TimePoint now) const;
   void idle_push(Slot& s);
@@ -236,8 +237,8 @@ class PoolCore {
   std::string last_start_error_;
 
   // learned timings (nanoseconds, exponentially weighted)
-  double avg_hold_ns_ = 0;
-  double avg_start_ns_ = 0;
+  std::int64_t avg_hold_ns_ = 0;
+  std::int64_t avg_start_ns_ = 0;
   std::uint64_t hold_samples_ = 0;
 
   bool paused_ = false;

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "core/pool_core.h"
+#include "pool/futex_lock.h"
 #include "poolkeeper/pool.h"
 
 namespace poolkeeper::detail {
@@ -45,6 +46,8 @@ void futex_wake(std::atomic<std::uint32_t>* word) {
           nullptr, 0);
 }
 
+using Lock = std::unique_lock<FutexLock>;
+
 std::uint32_t slot_of(SessionId id) { return static_cast<std::uint32_t>(id & 0xffffffffu); }
 
 TimePoint saturating_add(TimePoint t, Duration d) {
@@ -64,7 +67,7 @@ class PoolEngine {
         cap_(std::move(options.shared_cap)),
         tick_interval_(options.tick_interval.count() > 0 ? options.tick_interval
                                                          : std::chrono::milliseconds(10)) {
-    std::unique_lock lock(mu_);
+    Lock lock(mu_);
     now_ = clock_->now();
     core_->start(now_, out_);
     flush(lock);
@@ -77,7 +80,7 @@ class PoolEngine {
   ~PoolEngine() = default;
 
   std::expected<LeaseHandle, Error> acquire(const AcquireOptions& o) {
-    std::unique_lock lock(mu_);
+    Lock lock(mu_);
     const TimePoint now = now_;
     const core::AcquireRequest request{.priority = o.priority,
                                        .deadline = saturating_add(now, o.timeout),
@@ -119,7 +122,7 @@ class PoolEngine {
     const auto kind = outcome == 0   ? core::ReleaseOutcome::kOk
                       : outcome == 1 ? core::ReleaseOutcome::kError
                                      : core::ReleaseOutcome::kBroken;
-    std::unique_lock lock(mu_);
+    Lock lock(mu_);
     const std::uint32_t slot = slot_of(handle.session);
     auto result = core_->release(handle.lease, std::nullopt, kind, now_, out_);
     if (slot < handed_out_.size()) handed_out_[slot] = 0;
@@ -129,7 +132,7 @@ class PoolEngine {
       destroy_on_return_[slot] = 0;
       run_stop(lock, handle.session);
     }
-    flush(lock);
+    if (!out_.empty()) flush(lock);
     if (closed_ && outstanding_ == 0 && workers_done_) {
       lock.unlock();
       delete this;
@@ -140,7 +143,7 @@ class PoolEngine {
 
   template <class F>
   auto control(F&& f) {
-    std::unique_lock lock(mu_);
+    Lock lock(mu_);
     refresh_now();
     auto r = f(*core_, now_, out_);
     flush(lock);
@@ -149,7 +152,7 @@ class PoolEngine {
 
   void shutdown(Duration grace) {
     {
-      std::unique_lock lock(mu_);
+      Lock lock(mu_);
       refresh_now();
       core_->shutdown(now_, out_);
       flush(lock);
@@ -164,14 +167,14 @@ class PoolEngine {
     for (std::thread& t : workers_) {
       if (t.joinable()) t.join();
     }
-    std::unique_lock lock(mu_);
+    Lock lock(mu_);
     workers_done_ = true;
     flush(lock);  // anything left runs inline from now on
   }
 
   void close(Duration grace) {
     shutdown(grace);
-    std::unique_lock lock(mu_);
+    Lock lock(mu_);
     // Threads still inside acquire() were answered by the shutdown; let them leave.
     changed_.wait(lock, [this] { return waiting_threads_ == 0; });
     closed_ = true;
@@ -182,15 +185,15 @@ class PoolEngine {
   }
 
   PoolStats stats() const {
-    std::unique_lock lock(mu_);
+    Lock lock(mu_);
     return core_->stats();
   }
   std::vector<SessionInfo> sessions() const {
-    std::unique_lock lock(mu_);
+    Lock lock(mu_);
     return core_->sessions(clock_->now());
   }
   std::expected<ClientSessionView, Error> client_session(std::string_view id) const {
-    std::unique_lock lock(mu_);
+    Lock lock(mu_);
     auto info = core_->get_client_session(id, clock_->now());
     if (!info) return std::unexpected(std::move(info.error()));
     return ClientSessionView{.id = std::move(info->id),
@@ -231,7 +234,7 @@ class PoolEngine {
   // Under mu_ (held by `lock`): performs the core's output. Grants and
   // rejections answer waiters (woken after the lock is released); session
   // work goes to the workers, or runs here once they are gone.
-  void flush(std::unique_lock<std::mutex>& lock) {
+  void flush(Lock& lock) {
     wake_.clear();
     bool again = true;
     while (again) {
@@ -288,7 +291,7 @@ class PoolEngine {
       const TimePoint now = clock_->now();
       if (now >= deadline) {
         // Our deadline passed: a tick answers us (and anyone else due).
-        std::unique_lock lock(mu_);
+        Lock lock(mu_);
         if (record.state.load(std::memory_order_acquire) == kAnswered) return;
         refresh_now();
         core_->tick(now_, out_);
@@ -305,7 +308,7 @@ class PoolEngine {
   }
 
   void work() {
-    std::unique_lock lock(mu_);
+    Lock lock(mu_);
     TimePoint last_tick = clock_->now();
     for (;;) {
       if (jobs_.empty()) {
@@ -328,7 +331,7 @@ class PoolEngine {
   }
 
   // Under mu_; unlocks around factory calls.
-  void run_job(std::unique_lock<std::mutex>& lock, const core::Action& job) {
+  void run_job(Lock& lock, const core::Action& job) {
     switch (job.type) {
       case core::ActionType::kStartSession: {
         lock.unlock();
@@ -384,7 +387,7 @@ class PoolEngine {
   }
 
   // Under mu_: destroys the session's object and reports it stopped.
-  void run_stop(std::unique_lock<std::mutex>& lock, SessionId session) {
+  void run_stop(Lock& lock, SessionId session) {
     const std::uint32_t slot = slot_of(session);
     void* object = slot < objects_.size() ? std::exchange(objects_[slot], nullptr) : nullptr;
     if (object != nullptr) {
@@ -401,9 +404,9 @@ class PoolEngine {
   }
 
   Clock* clock_;
-  mutable std::mutex mu_;
-  std::condition_variable work_cv_;
-  std::condition_variable changed_;
+  mutable FutexLock mu_;
+  std::condition_variable_any work_cv_;
+  std::condition_variable_any changed_;
   std::unique_ptr<core::PoolCore> core_;
   ErasedFactory factory_;
   std::shared_ptr<SharedCap> cap_;  // keeps the shared cap alive as long as the core
