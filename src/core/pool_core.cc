@@ -439,6 +439,18 @@ PoolCore::Slot* PoolCore::take_idle_for(const AcquireRequest& r, TimePoint now, 
 
 std::expected<AcquireOutcome, Error> PoolCore::acquire(const AcquireRequest& r, TimePoint now,
                                                        Output& out) {
+  // Fast path: an idle session and no rule that could say otherwise.
+  if (idle_head_ != kNil && !shutdown_ && !draining_ && !paused_ && !emergency_ &&
+      r.client_session.empty() && reservations_.empty() &&
+      config_.validate_after_idle.count() == 0 && r.priority >= kLowestPriority &&
+      r.priority <= kCriticalPriority) [[likely]] {
+    ++counters_.immediate;
+    AcquireOutcome o;
+    o.granted = true;
+    o.grant = lease_to(slots_[idle_head_], r, now, now, out);
+    if (config_.min_idle > 0) ensure_capacity(now, out);
+    return o;
+  }
   if (r.priority < kLowestPriority || r.priority > kCriticalPriority) {
     return std::unexpected(Error(ErrorCode::kInvalidArgument,
                                  "priority: must be in 0..9, got " + std::to_string(r.priority)));
@@ -566,6 +578,20 @@ std::expected<void, Error> PoolCore::release(LeaseId lease, std::optional<std::s
   ++counters_.releases;
   if (config_.lease_events) emit(out, EventType::kLeaseReleased, now, s.id, s.lease_id);
   end_lease(s, now, ErrorCode::kLeaseAlreadyReleased);
+
+  // Fast path: a clean release straight back to the idle list.
+  if (outcome == ReleaseOutcome::kOk && !shutdown_ && !draining_ && s.reservation == 0 &&
+      reservations_.empty() && queue_.empty() && live_ <= config_.max && excess_to_close_ == 0 &&
+      !must_recycle(s, now)) [[likely]] {
+    const int health = std::min(kMaxHealth, s.health + config_.health_success_recovery);
+    if (health >= config_.health_check_below) {
+      s.health = health;
+      set_state(s, SessionState::kIdle);
+      s.idle_since = now;
+      idle_push(s);
+      return {};
+    }
+  }
 
   switch (outcome) {
     case ReleaseOutcome::kOk:
