@@ -17,8 +17,8 @@ std::expected<void, Error> validate_config(const PoolConfig& c) {
   if (c.max <= 0) return bad("max", "must be > 0, got " + to_string(c.max));
   if (c.max > (1 << 24)) return bad("max", "must be <= 16777216, got " + to_string(c.max));
   if (c.min < 0) return bad("min", "must be >= 0, got " + to_string(c.min));
-  if (c.min > c.max) {
-    return bad("min", "must be <= max (" + to_string(c.max) + "), got " + to_string(c.min));
+  if (c.max < c.min) {
+    return bad("max", "must be >= min (" + to_string(c.min) + "), got " + to_string(c.max));
   }
   if (c.overflow < 0) return bad("overflow", "must be >= 0, got " + to_string(c.overflow));
   if (static_cast<long long>(c.max) + c.overflow > (1 << 24)) {

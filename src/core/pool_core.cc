@@ -291,6 +291,22 @@ void PoolCore::make_idle(Slot& s, TimePoint now, Output& out) {
                  now, out);
     return;
   }
+  if (queue_.empty() && s.reservation == 0) {
+    if (live_ > config_.max) {
+      // Above max and nobody waits for it: an overflow session does not stay.
+      stop_session(s, StopReason::kOverflow, now, out);
+      return;
+    }
+    if (shrinking_) {
+      // After a scale-down, sessions above the target close as they come back.
+      if (live_ <= target_) {
+        shrinking_ = false;
+      } else if (idle_unreserved_ >= config_.min_idle) {
+        stop_session(s, StopReason::kScaledDown, now, out);
+        return;
+      }
+    }
+  }
   set_state(s, SessionState::kIdle);
   s.idle_since = now;
   if (s.reservation != 0 || !reservations_.empty()) [[unlikely]] {
@@ -340,6 +356,8 @@ bool PoolCore::give_to_reservation(Slot& s, TimePoint now, Output& out) {
 
 Grant PoolCore::lease_to(Slot& s, const AcquireRequest& r, TimePoint enqueued, TimePoint now,
                          Output& out) {
+  // Before the lease exists, so a new record does not count it twice.
+  ClientRecord* client = r.client_session.empty() ? nullptr : client_touch(r.client_session, now);
   idle_remove(s);
   set_state(s, SessionState::kLeased);
   s.leased = true;
@@ -354,11 +372,9 @@ Grant PoolCore::lease_to(Slot& s, const AcquireRequest& r, TimePoint enqueued, T
   ++s.uses;
   ++counters_.acquisitions;
   waits_.record(now - enqueued);
-  if (!r.client_session.empty()) {
-    if (ClientRecord* c = client_touch(r.client_session, now); c != nullptr) {
-      c->last_session = s.id;
-      ++c->active_leases;
-    }
+  if (client != nullptr) {
+    client->last_session = s.id;
+    ++client->active_leases;
   }
   if (config_.lease_events) emit(out, EventType::kLeaseGranted, now, s.id, s.lease_id);
   return Grant{.lease = s.lease_id, .session = s.id, .expires_at = s.lease_deadline};
@@ -459,9 +475,12 @@ std::expected<AcquireOutcome, Error> PoolCore::acquire(const AcquireRequest& r, 
     return std::unexpected(
         Error(ErrorCode::kInvalidArgument, "client_session: longer than 256 bytes"));
   }
-  if (shutdown_) return std::unexpected(Error(ErrorCode::kShutdown, "the pool is shutting down"));
-  if (draining_) return std::unexpected(Error(ErrorCode::kPoolDraining, "the pool is draining"));
-  if (paused_) return std::unexpected(Error(ErrorCode::kPoolPaused, "the pool is paused"));
+  if (shutdown_ || draining_ || paused_) {
+    ++counters_.rejections;
+    if (shutdown_) return std::unexpected(Error(ErrorCode::kShutdown, "the pool is shutting down"));
+    if (draining_) return std::unexpected(Error(ErrorCode::kPoolDraining, "the pool is draining"));
+    return std::unexpected(Error(ErrorCode::kPoolPaused, "the pool is paused"));
+  }
   if (emergency_ && r.priority < kCriticalPriority) {
     ++counters_.rejections;
     return std::unexpected(
@@ -581,7 +600,7 @@ std::expected<void, Error> PoolCore::release(LeaseId lease, std::optional<std::s
 
   // Fast path: a clean release straight back to the idle list.
   if (outcome == ReleaseOutcome::kOk && !shutdown_ && !draining_ && s.reservation == 0 &&
-      reservations_.empty() && queue_.empty() && live_ <= config_.max && excess_to_close_ == 0 &&
+      reservations_.empty() && queue_.empty() && live_ <= config_.max && !shrinking_ &&
       !must_recycle(s, now)) [[likely]] {
     const int health = std::min(kMaxHealth, s.health + config_.health_success_recovery);
     if (health >= config_.health_check_below) {
@@ -616,18 +635,6 @@ std::expected<void, Error> PoolCore::release(LeaseId lease, std::optional<std::s
     send_to_check(s, now, out);
     ensure_capacity(now, out);
     return {};
-  }
-  if (s.reservation == 0 && queue_.empty()) {
-    if (live_ > config_.max) {
-      stop_session(s, StopReason::kOverflow, now, out);
-      return {};
-    }
-    if (excess_to_close_ > 0) {
-      --excess_to_close_;
-      stop_session(s, StopReason::kScaledDown, now, out);
-      ensure_capacity(now, out);
-      return {};
-    }
   }
   make_idle(s, now, out);
   if (s.state == SessionState::kClosing) ensure_capacity(now, out);
@@ -740,6 +747,7 @@ void PoolCore::session_started(SessionId session, TimePoint now, Output& out) {
   }
   emit(out, EventType::kSessionStarted, now, s->id);
   make_idle(*s, now, out);
+  ensure_capacity(now, out);  // a start slot is free: the next start may go
   maybe_finish_drain(now, out);
 }
 
@@ -876,7 +884,22 @@ void PoolCore::tick(TimePoint now, Output& out) {
 TimePoint PoolCore::next_due() const {
   TimePoint due = TimePoint::max();
   if (auto* w = const_cast<WaitQueue&>(queue_).earliest_deadline()) due = w->deadline;
-  if (consecutive_start_failures_ > 0) due = std::min(due, next_start_allowed_);
+  if (consecutive_start_failures_ > 0 && next_start_allowed_ > TimePoint{}) {
+    due = std::min(due, next_start_allowed_);
+  }
+  for (const Slot& s : slots_) {
+    if (!s.in_use) continue;
+    if (s.state == SessionState::kLeased) {
+      due = std::min(due, s.lease_deadline);
+    } else if (s.state == SessionState::kIdle) {
+      due = std::min({due, s.expires_at, s.next_check});
+    }
+  }
+  if (config_.idle_timeout.count() > 0 && idle_tail_ != kNil && live_ > floor()) {
+    due = std::min(due, slots_[idle_tail_].idle_since + config_.idle_timeout);
+  }
+  for (const auto& [id, r] : reservations_) due = std::min(due, r->expires_at);
+  if (!clients_.empty()) due = std::min(due, next_cleanup_);
   return due;
 }
 
@@ -890,11 +913,12 @@ std::expected<void, Error> PoolCore::scale(int target, TimePoint now, Output& ou
                                      "), got " + std::to_string(target)));
   }
   target_ = target;
-  while (live_ > target_ && idle_tail_ != kNil) {
+  // Idle sessions above the target close now (longest idle first, keeping
+  // min_idle spares); busy ones when they come back (make_idle).
+  while (live_ > target_ && idle_tail_ != kNil && idle_unreserved_ > config_.min_idle) {
     stop_session(slots_[idle_tail_], StopReason::kScaledDown, now, out);
   }
-  excess_to_close_ = std::max(0, live_ - target_ -
-                                     by_state_[static_cast<int>(SessionState::kStarting)]);
+  shrinking_ = live_ > target_;
   emit(out, EventType::kScaled, now, 0, 0, {}, target);
   ensure_capacity(now, out);
   return {};
@@ -1087,6 +1111,10 @@ PoolCore::ClientRecord* PoolCore::client_touch(std::string_view id, TimePoint no
     if (clients_.size() >= config_.max_client_sessions) return nullptr;
     auto record = std::make_unique<ClientRecord>();
     record->id.assign(id);
+    // Leases of this id may still be in flight from before a delete or expiry.
+    for (const Slot& slot : slots_) {
+      if (slot.in_use && slot.leased && slot.lease_client == id) ++record->active_leases;
+    }
     c = record.get();
     clients_.emplace(record->id, std::move(record));
   } else {

@@ -264,7 +264,7 @@ class PoolCore {
   // release gets the precise error. Bounded: the oldest are forgotten first.
   std::unordered_map<LeaseId, ErrorCode> ended_;
   std::deque<LeaseId> ended_order_;
-  int excess_to_close_ = 0;  // leased sessions to close on release after a scale-down
+  bool shrinking_ = false;  // after a scale-down, until the pool is at its target
 
   Histogram waits_;
   PoolStats counters_;

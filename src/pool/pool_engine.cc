@@ -126,14 +126,15 @@ class PoolEngine {
     const std::uint32_t slot = slot_of(handle.session);
     auto result = core_->release(handle.lease, std::nullopt, kind, now_, out_);
     if (slot < handed_out_.size()) handed_out_[slot] = 0;
-    --outstanding_;
     if (slot < destroy_on_return_.size() && destroy_on_return_[slot] != 0) {
       // The lease was reclaimed while we held the object: it is ours to destroy now.
       destroy_on_return_[slot] = 0;
       run_stop(lock, handle.session);
     }
     if (!out_.empty()) flush(lock);
-    if (closed_ && outstanding_ == 0 && workers_done_) {
+    // Counted until here: flush may unlock to run jobs, and the engine must
+    // outlive every release in progress once the Pool is gone.
+    if (--outstanding_ == 0 && closed_ && workers_done_) {
       lock.unlock();
       delete this;
       return result;
