@@ -215,11 +215,7 @@ void PoolCore::stop_session(Slot& s, StopReason reason, TimePoint now, Output& o
   if (s.state == SessionState::kClosing) return;
   idle_remove(s);
   if (s.leased) end_lease(s, now, ErrorCode::kLeaseAlreadyReleased);
-  if (s.reservation != 0) {
-    auto it = reservations_.find(s.reservation);
-    if (it != reservations_.end()) it->second->session = 0;
-    s.reservation = 0;
-  }
+  const ReservationId orphaned = std::exchange(s.reservation, 0);
   set_state(s, SessionState::kClosing);
   s.stop_reason = reason;
   Action a;
@@ -233,16 +229,28 @@ void PoolCore::stop_session(Slot& s, StopReason reason, TimePoint now, Output& o
   e.session = s.id;
   e.reason = reason;
   out.events.push_back(std::move(e));
+  if (orphaned != 0) reservation_lost_session(orphaned, now, out);
+}
+
+// A reservation's session is gone: it takes the longest idle session, if any;
+// otherwise it waits for the next session to become idle.
+void PoolCore::reservation_lost_session(ReservationId id, TimePoint now, Output& out) {
+  auto it = reservations_.find(id);
+  if (it == reservations_.end()) return;
+  Reservation& r = *it->second;
+  r.session = 0;
+  if (shutdown_ || draining_ || idle_tail_ == kNil) return;
+  Slot& t = slots_[idle_tail_];
+  idle_remove(t);
+  t.reservation = id;
+  r.session = t.id;
+  give_to_reservation(t, now, out);
 }
 
 void PoolCore::free_slot(Slot& s, TimePoint now, StopReason reason, Output& out) {
   idle_remove(s);
   if (s.leased) end_lease(s, now, ErrorCode::kSessionLost);
-  if (s.reservation != 0) {
-    auto it = reservations_.find(s.reservation);
-    if (it != reservations_.end()) it->second->session = 0;
-    s.reservation = 0;
-  }
+  const ReservationId orphaned = std::exchange(s.reservation, 0);
   --by_state_[static_cast<int>(s.state)];
   if (s.state == SessionState::kClosing) {
     --closing_;
@@ -262,6 +270,7 @@ void PoolCore::free_slot(Slot& s, TimePoint now, StopReason reason, Output& out)
   e.session = s.id;
   e.reason = reason;
   out.events.push_back(std::move(e));
+  if (orphaned != 0) reservation_lost_session(orphaned, now, out);
 }
 
 bool PoolCore::must_recycle(const Slot& s, TimePoint now) const {
@@ -280,33 +289,42 @@ void PoolCore::send_to_check(Slot& s, TimePoint now, Output& out) {
 }
 
 // A session is ready for work (started, released, checked). Decides where it goes.
-void PoolCore::make_idle(Slot& s, TimePoint now, Output& out) {
+// A session came back (started, released, checked): stops it when the pool
+// no longer wants it. True when it was stopped.
+bool PoolCore::retire_if_unneeded(Slot& s, TimePoint now, Output& out) {
   if (shutdown_ || draining_) {
     stop_session(s, shutdown_ ? StopReason::kShutdown : StopReason::kDrained, now, out);
-    return;
+    return true;
   }
   if (must_recycle(s, now)) {
     stop_session(s, config_.max_uses > 0 && s.uses >= config_.max_uses ? StopReason::kMaxUses
                                                                         : StopReason::kMaxLifetime,
                  now, out);
-    return;
+    return true;
   }
-  if (queue_.empty() && s.reservation == 0) {
-    if (live_ > config_.max) {
-      // Above max and nobody waits for it: an overflow session does not stay.
-      stop_session(s, StopReason::kOverflow, now, out);
-      return;
-    }
-    if (shrinking_) {
-      // After a scale-down, sessions above the target close as they come back.
-      if (live_ <= target_) {
-        shrinking_ = false;
-      } else if (idle_unreserved_ >= config_.min_idle) {
-        stop_session(s, StopReason::kScaledDown, now, out);
-        return;
-      }
+  if (!queue_.empty() || s.reservation != 0) return false;
+  for (const auto& [id, r] : reservations_) {
+    if (r->session == 0) return false;  // a reservation is waiting for this one
+  }
+  if (live_ > config_.max) {
+    // Above max and nobody waits for it: an overflow session does not stay.
+    stop_session(s, StopReason::kOverflow, now, out);
+    return true;
+  }
+  if (shrinking_) {
+    // After a scale-down, sessions above the target close as they come back.
+    if (live_ <= target_) {
+      shrinking_ = false;
+    } else if (idle_unreserved_ >= config_.min_idle) {
+      stop_session(s, StopReason::kScaledDown, now, out);
+      return true;
     }
   }
+  return false;
+}
+
+void PoolCore::make_idle(Slot& s, TimePoint now, Output& out) {
+  if (retire_if_unneeded(s, now, out)) return;
   set_state(s, SessionState::kIdle);
   s.idle_since = now;
   if (s.reservation != 0 || !reservations_.empty()) [[unlikely]] {
@@ -407,6 +425,10 @@ void PoolCore::end_lease(Slot& s, TimePoint now, ErrorCode unreleased) {
 // ---------------------------------------------------------------------------
 // leases
 
+bool PoolCore::needs_validation(const Slot& s, TimePoint now) const {
+  return config_.validate_after_idle.count() > 0 && now - s.idle_since > config_.validate_after_idle;
+}
+
 PoolCore::Slot* PoolCore::reserved_idle_for(std::string_view owner) {
   for (auto& [id, r] : reservations_) {
     if (r->owner != owner || r->session == 0) continue;
@@ -429,9 +451,7 @@ PoolCore::Slot* PoolCore::take_idle_for(const AcquireRequest& r, TimePoint now, 
         ++counters_.affinity_misses;
       }
       if (*affinity_hit) {
-        if (config_.validate_after_idle.count() > 0 &&
-            now - s->idle_since > config_.validate_after_idle &&
-            now - s->last_checked > config_.validate_after_idle) {
+        if (needs_validation(*s, now)) {
           send_to_check(*s, now, out);
           *affinity_hit = false;
         } else {
@@ -442,9 +462,7 @@ PoolCore::Slot* PoolCore::take_idle_for(const AcquireRequest& r, TimePoint now, 
   }
   while (idle_head_ != kNil) {
     Slot& s = slots_[idle_head_];
-    if (config_.validate_after_idle.count() > 0 &&
-        now - s.idle_since > config_.validate_after_idle &&
-        now - s.last_checked > config_.validate_after_idle) {
+    if (needs_validation(s, now)) {
       send_to_check(s, now, out);
       continue;
     }
@@ -488,7 +506,13 @@ std::expected<AcquireOutcome, Error> PoolCore::acquire(const AcquireRequest& r, 
   }
 
   Slot* s = nullptr;
-  if (!reservations_.empty() && !r.owner.empty()) s = reserved_idle_for(r.owner);
+  if (!reservations_.empty() && !r.owner.empty()) {
+    s = reserved_idle_for(r.owner);
+    if (s != nullptr && needs_validation(*s, now)) {
+      send_to_check(*s, now, out);  // back to this owner's waiters once checked
+      s = nullptr;
+    }
+  }
   if (s == nullptr) {
     bool hit = false;
     s = take_idle_for(r, now, out, &hit);
@@ -625,8 +649,8 @@ std::expected<void, Error> PoolCore::release(LeaseId lease, std::optional<std::s
       ensure_capacity(now, out);
       return {};
   }
-  if (shutdown_ || draining_) {
-    stop_session(s, shutdown_ ? StopReason::kShutdown : StopReason::kDrained, now, out);
+  if (retire_if_unneeded(s, now, out)) {
+    ensure_capacity(now, out);
     maybe_finish_drain(now, out);
     return {};
   }
@@ -947,9 +971,10 @@ void PoolCore::drain(TimePoint now, Output& out) {
   drain_announced_ = false;
   reject_all(ErrorCode::kPoolDraining, "the pool is draining", kCriticalPriority + 1, now, out);
   emit(out, EventType::kDraining, now);
-  while (idle_head_ != kNil) stop_session(slots_[idle_head_], StopReason::kDrained, now, out);
   for (Slot& s : slots_) {
-    if (s.in_use && s.state == SessionState::kIdle) stop_session(s, StopReason::kDrained, now, out);
+    if (s.in_use && (s.state == SessionState::kIdle || s.state == SessionState::kChecking)) {
+      stop_session(s, StopReason::kDrained, now, out);
+    }
   }
   maybe_finish_drain(now, out);
 }
@@ -973,7 +998,9 @@ void PoolCore::shutdown(TimePoint now, Output& out) {
   drain_announced_ = false;
   reject_all(ErrorCode::kShutdown, "the pool is shutting down", kCriticalPriority + 1, now, out);
   for (Slot& s : slots_) {
-    if (s.in_use && s.state == SessionState::kIdle) stop_session(s, StopReason::kShutdown, now, out);
+    if (s.in_use && (s.state == SessionState::kIdle || s.state == SessionState::kChecking)) {
+      stop_session(s, StopReason::kShutdown, now, out);
+    }
   }
   maybe_finish_drain(now, out);
 }

@@ -177,6 +177,8 @@ class PoolCore {
   void stop_session(Slot& s, StopReason reason, TimePoint now, Output& out);
   void free_slot(Slot& s, TimePoint now, StopReason reason, Output& out);
   void make_idle(Slot& s, TimePoint now, Output& out);
+  bool retire_if_unneeded(Slot& s, TimePoint now, Output& out);
+  bool needs_validation(const Slot& s, TimePoint now) const;
   bool give_to_reservation(Slot& s, TimePoint now, Output& out);
   void send_to_check(Slot& s, TimePoint now, Output& out);
   bool must_recycle(const Slot& s, TimePoint now) const;
@@ -211,6 +213,7 @@ class PoolCore {
 
   void expire_reservations(TimePoint now, Output& out);
   void release_reservation(Reservation& r, TimePoint now, Output& out);
+  void reservation_lost_session(ReservationId id, TimePoint now, Output& out);
 
   PoolConfig config_;
   CoreOptions options_;
