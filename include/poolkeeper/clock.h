@@ -20,6 +20,10 @@ class Clock {
   virtual ~Clock() = default;
   virtual TimePoint now() const = 0;
   virtual WallTime wall_now() const = 0;
+  // A cheap reading for hot paths: never earlier than now() at the call, and
+  // at most a few milliseconds later. Deadlines computed from it are never
+  // early. The default is now().
+  virtual TimePoint coarse_now() const { return now(); }
 };
 
 // The process-wide real clock (steady_clock and system_clock).

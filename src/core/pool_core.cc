@@ -32,6 +32,7 @@ struct PoolCore::Slot {
   int health = kMaxHealth;
   bool holds_cap = false;
   bool was_unhealthy = false;  // the current check is a recovery check
+  TimePoint last_used{};       // started, released or checked: what validation measures
   StopReason stop_reason = StopReason::kShutdown;
 
   // Lease sequence for this slot; only grows, across incarnations.
@@ -194,6 +195,7 @@ void PoolCore::start_session(TimePoint now, Output& out) {
   s.created_at = now;
   s.idle_since = now;
   s.last_checked = now;
+  s.last_used = now;
   s.next_check = TimePoint::max();
   s.expires_at = TimePoint::max();
   s.uses = 0;
@@ -426,7 +428,7 @@ void PoolCore::end_lease(Slot& s, TimePoint now, ErrorCode unreleased) {
 // leases
 
 bool PoolCore::needs_validation(const Slot& s, TimePoint now) const {
-  return config_.validate_after_idle.count() > 0 && now - s.idle_since > config_.validate_after_idle;
+  return config_.validate_after_idle.count() > 0 && now - s.last_used > config_.validate_after_idle;
 }
 
 PoolCore::Slot* PoolCore::reserved_idle_for(std::string_view owner) {
@@ -621,6 +623,7 @@ std::expected<void, Error> PoolCore::release(LeaseId lease, std::optional<std::s
   ++counters_.releases;
   if (config_.lease_events) emit(out, EventType::kLeaseReleased, now, s.id, s.lease_id);
   end_lease(s, now, ErrorCode::kLeaseAlreadyReleased);
+  s.last_used = now;
 
   // Fast path: a clean release straight back to the idle list.
   if (outcome == ReleaseOutcome::kOk && !shutdown_ && !draining_ && s.reservation == 0 &&
@@ -759,6 +762,7 @@ void PoolCore::session_started(SessionId session, TimePoint now, Output& out) {
   consecutive_start_failures_ = 0;
   last_start_error_.clear();
   s->last_checked = now;
+  s->last_used = now;
   if (config_.max_lifetime.count() > 0) {
     const double cut = config_.lifetime_jitter * random_.unit();
     s->expires_at = now + Duration{static_cast<Duration::rep>(
@@ -828,6 +832,7 @@ void PoolCore::check_result(SessionId session, bool healthy, TimePoint now, Outp
   if (s == nullptr || s->state != SessionState::kChecking) return;
   ++counters_.checks;
   s->last_checked = now;
+  s->last_used = now;
   if (config_.check_interval.count() > 0) s->next_check = now + config_.check_interval;
   if (!healthy) {
     ++counters_.check_failures;
@@ -885,6 +890,8 @@ void PoolCore::tick(TimePoint now, Output& out) {
     }
   }
 
+  expire_reservations(now, out);  // before the idle timeout: returned sessions count as idle
+
   // Idle timeout: longest idle first, keeping the warm size and min_idle spares.
   if (config_.idle_timeout.count() > 0) {
     while (idle_tail_ != kNil && live_ > floor() && idle_unreserved_ > config_.min_idle) {
@@ -895,7 +902,6 @@ void PoolCore::tick(TimePoint now, Output& out) {
     }
   }
 
-  expire_reservations(now, out);
   if (now >= next_cleanup_) {
     cleanup_client_sessions(now, out);
     next_cleanup_ = now + config_.client_session_cleanup_interval;
@@ -1053,17 +1059,26 @@ std::expected<ReservationInfo, Error> PoolCore::reserve(std::string_view owner,
 }
 
 void PoolCore::release_reservation(Reservation& r, TimePoint now, Output& out) {
-  const ReservationId id = r.id;
-  const std::string owner = r.owner;
-  Slot* s = r.session != 0 ? find(r.session) : nullptr;
-  reservations_.erase(id);
-  emit(out, EventType::kReservationEnded, now, s != nullptr ? s->id : 0, 0, owner,
-       static_cast<std::int64_t>(id));
-  if (s == nullptr) return;
-  s->reservation = 0;
-  if (s->state == SessionState::kIdle) {
-    make_idle(*s, now, out);  // back to general use, or to a waiter
+  end_reservations({r.id}, now, out);
+}
+
+// Ends reservations together, so one ending reservation's session is never
+// picked up by another that ends in the same step.
+void PoolCore::end_reservations(const std::vector<ReservationId>& ids, TimePoint now,
+                                Output& out) {
+  std::vector<Slot*> returned;
+  for (ReservationId id : ids) {
+    auto it = reservations_.find(id);
+    if (it == reservations_.end()) continue;
+    Slot* s = it->second->session != 0 ? find(it->second->session) : nullptr;
+    emit(out, EventType::kReservationEnded, now, s != nullptr ? s->id : 0, 0, it->second->owner,
+         static_cast<std::int64_t>(id));
+    reservations_.erase(it);
+    if (s == nullptr) continue;
+    s->reservation = 0;
+    if (s->state == SessionState::kIdle) returned.push_back(s);
   }
+  for (Slot* s : returned) make_idle(*s, now, out);  // back to general use, or to a waiter
 }
 
 std::expected<void, Error> PoolCore::cancel_reservation(ReservationId id, std::string_view owner,
@@ -1087,7 +1102,7 @@ void PoolCore::expire_reservations(TimePoint now, Output& out) {
     if (r->expires_at <= now) expired.push_back(id);
   }
   std::sort(expired.begin(), expired.end());
-  for (ReservationId id : expired) release_reservation(*reservations_.at(id), now, out);
+  end_reservations(expired, now, out);
 }
 
 std::vector<ReservationInfo> PoolCore::reservations() const {

@@ -213,6 +213,7 @@ class PoolCore {
 
   void expire_reservations(TimePoint now, Output& out);
   void release_reservation(Reservation& r, TimePoint now, Output& out);
+  void end_reservations(const std::vector<ReservationId>& ids, TimePoint now, Output& out);
   void reservation_lost_session(ReservationId id, TimePoint now, Output& out);
 
   PoolConfig config_;

@@ -80,7 +80,9 @@ class PoolEngine {
   ~PoolEngine() = default;
 
   std::expected<LeaseHandle, Error> acquire(const AcquireOptions& o) {
+    const TimePoint fresh = clock_->coarse_now();  // outside the lock; deadlines never early
     Lock lock(mu_);
+    if (fresh > now_) now_ = fresh;
     const TimePoint now = now_;
     const core::AcquireRequest request{.priority = o.priority,
                                        .deadline = saturating_add(now, o.timeout),
@@ -151,7 +153,13 @@ class PoolEngine {
     return r;
   }
 
+  // Idempotent and safe from several threads at once: the first call does
+  // the work, the others wait for it to finish.
   void shutdown(Duration grace) {
+    std::call_once(shutdown_once_, [&] { do_shutdown(grace); });
+  }
+
+  void do_shutdown(Duration grace) {
     {
       Lock lock(mu_);
       refresh_now();
@@ -165,9 +173,7 @@ class PoolEngine {
       stopping_ = true;
     }
     work_cv_.notify_all();
-    for (std::thread& t : workers_) {
-      if (t.joinable()) t.join();
-    }
+    for (std::thread& t : workers_) t.join();
     Lock lock(mu_);
     workers_done_ = true;
     flush(lock);  // anything left runs inline from now on
@@ -422,6 +428,7 @@ class PoolEngine {
   std::vector<std::atomic<std::uint32_t>*> wake_;
   std::deque<core::Action> jobs_;
   std::vector<std::thread> workers_;
+  std::once_flag shutdown_once_;
   int outstanding_ = 0;       // leases held by callers
   int waiting_threads_ = 0;   // callers parked in acquire()
   bool stopping_ = false;

@@ -1,3 +1,5 @@
+#include <time.h>
+
 #include <chrono>
 
 #include "poolkeeper/clock.h"
@@ -13,6 +15,21 @@ class RealClock final : public Clock {
   WallTime wall_now() const override {
     return std::chrono::time_point_cast<Duration>(std::chrono::system_clock::now());
   }
+  // CLOCK_MONOTONIC_COARSE is the monotonic clock as of the last timer tick
+  // (read without touching the TSC); adding its resolution bounds it from above.
+  TimePoint coarse_now() const override {
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return TimePoint{std::chrono::seconds(ts.tv_sec) + Duration(ts.tv_nsec) + resolution_};
+  }
+
+ private:
+  static Duration coarse_resolution() {
+    timespec res{};
+    clock_getres(CLOCK_MONOTONIC_COARSE, &res);
+    return std::chrono::seconds(res.tv_sec) + Duration(res.tv_nsec);
+  }
+  const Duration resolution_ = coarse_resolution();
 };
 
 }  // namespace
