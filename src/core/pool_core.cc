@@ -345,6 +345,10 @@ bool PoolCore::give_to_reservation(Slot& s, TimePoint now, Output& out) {
     if (it != reservations_.end()) {
       const std::string& owner = it->second->owner;
       Waiter* w = queue_.best_matching([&](const Waiter& x) { return x.owner == owner; });
+      if (w != nullptr && needs_validation(s, now)) {
+        send_to_check(s, now, out);  // comes back here once checked
+        return true;
+      }
       if (w != nullptr) {
         AcquireRequest r{.priority = w->priority,
                          .deadline = w->deadline,
@@ -509,10 +513,9 @@ std::expected<AcquireOutcome, Error> PoolCore::acquire(const AcquireRequest& r, 
 
   Slot* s = nullptr;
   if (!reservations_.empty() && !r.owner.empty()) {
-    s = reserved_idle_for(r.owner);
-    if (s != nullptr && needs_validation(*s, now)) {
-      send_to_check(*s, now, out);  // back to this owner's waiters once checked
-      s = nullptr;
+    // Stale reserved sessions go to a check (and back to this owner's waiters).
+    while ((s = reserved_idle_for(r.owner)) != nullptr && needs_validation(*s, now)) {
+      send_to_check(*s, now, out);
     }
   }
   if (s == nullptr) {
