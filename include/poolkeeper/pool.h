@@ -60,8 +60,8 @@ struct Factory {
 struct AcquireOptions {
   std::chrono::nanoseconds timeout = std::chrono::seconds(30);
   int priority = kNormalPriority;      // kLowestPriority .. kCriticalPriority
-  std::string_view client_session;     // prefer the object this client session used last
-  std::string_view owner;              // reservations made for this owner are used first
+  std::string_view client_session{};   // prefer the object this client session used last
+  std::string_view owner{};            // reservations made for this owner are used first
   std::chrono::nanoseconds lease_timeout{0};  // 0: the pool's lease_timeout
 };
 

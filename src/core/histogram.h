@@ -24,6 +24,10 @@ class Histogram {
     ++count_;
     if (v > max_) max_ = v;
   }
+  void record_zero() {
+    ++buckets_[0];
+    ++count_;
+  }
   std::uint64_t count() const { return count_; }
   // The smallest recorded value's bucket upper bound at or above quantile q (0..1).
   Duration quantile(double q) const;

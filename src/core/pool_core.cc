@@ -1,6 +1,7 @@
 #include "core/pool_core.h"
 
 #include <algorithm>
+#include <bit>
 #include <cassert>
 #include <cmath>
 #include <utility>
@@ -87,12 +88,15 @@ PoolCore::PoolCore(PoolConfig config, CoreOptions options)
              Random(options.seed ^ 0x6b6579ULL).next()) {
   assert(validate_config(config_).has_value());
   target_ = config_.start == StartMode::kEager ? config_.max : config_.min;
+  fast_paths_ = config_.validate_after_idle.count() == 0 && !config_.lease_events &&
+                config_.min_idle == 0;
   counters_.name = config_.name;
 }
 
 PoolCore::~PoolCore() {
   // Give back what this core still holds of a shared cap.
-  for (Slot& s : slots_) {
+  for (std::size_t i = 0; i < slots_.size(); ++i) {
+    Slot& s = slots_[i];
     if (s.in_use && s.holds_cap && options_.shared_cap != nullptr) options_.shared_cap->release();
   }
 }
@@ -163,7 +167,7 @@ void PoolCore::idle_remove(Slot& s) {
 int PoolCore::floor() const { return target_; }
 
 bool PoolCore::can_start_one(bool for_demand) const {
-  if (shutdown_ || draining_) return false;
+  if (modes_.shutdown || modes_.draining) return false;
   if (by_state_[static_cast<int>(SessionState::kStarting)] >= config_.max_starting) return false;
   const int limit = config_.max + (for_demand ? config_.overflow : 0);
   if (live_ + closing_ >= limit) return false;
@@ -241,7 +245,7 @@ void PoolCore::reservation_lost_session(ReservationId id, TimePoint now, Output&
   if (it == reservations_.end()) return;
   Reservation& r = *it->second;
   r.session = 0;
-  if (shutdown_ || draining_ || idle_tail_ == kNil) return;
+  if (modes_.shutdown || modes_.draining || idle_tail_ == kNil) return;
   Slot& t = slots_[idle_tail_];
   idle_remove(t);
   t.reservation = id;
@@ -294,8 +298,8 @@ void PoolCore::send_to_check(Slot& s, TimePoint now, Output& out) {
 // A session came back (started, released, checked): stops it when the pool
 // no longer wants it. True when it was stopped.
 bool PoolCore::retire_if_unneeded(Slot& s, TimePoint now, Output& out) {
-  if (shutdown_ || draining_) {
-    stop_session(s, shutdown_ ? StopReason::kShutdown : StopReason::kDrained, now, out);
+  if (modes_.shutdown || modes_.draining) {
+    stop_session(s, modes_.shutdown ? StopReason::kShutdown : StopReason::kDrained, now, out);
     return true;
   }
   if (must_recycle(s, now)) {
@@ -359,7 +363,7 @@ bool PoolCore::give_to_reservation(Slot& s, TimePoint now, Output& out) {
         Action a;
         a.type = ActionType::kGrant;
         a.waiter = wid;
-        a.grant = lease_to(s, r, w->enqueued_at, now, out);
+        a.grant = lease_to(s, r, w->enqueued_at, now, &out);
         out.actions.push_back(std::move(a));
         queue_.remove(wid);
       }
@@ -379,7 +383,7 @@ bool PoolCore::give_to_reservation(Slot& s, TimePoint now, Output& out) {
 }
 
 Grant PoolCore::lease_to(Slot& s, const AcquireRequest& r, TimePoint enqueued, TimePoint now,
-                         Output& out) {
+                         Output* out) {
   // Before the lease exists, so a new record does not count it twice.
   ClientRecord* client = r.client_session.empty() ? nullptr : client_touch(r.client_session, now);
   idle_remove(s);
@@ -400,7 +404,9 @@ Grant PoolCore::lease_to(Slot& s, const AcquireRequest& r, TimePoint enqueued, T
     client->last_session = s.id;
     ++client->active_leases;
   }
-  if (config_.lease_events) emit(out, EventType::kLeaseGranted, now, s.id, s.lease_id);
+  if (config_.lease_events && out != nullptr) {
+    emit(*out, EventType::kLeaseGranted, now, s.id, s.lease_id);
+  }
   return Grant{.lease = s.lease_id, .session = s.id, .expires_at = s.lease_deadline};
 }
 
@@ -477,17 +483,83 @@ PoolCore::Slot* PoolCore::take_idle_for(const AcquireRequest& r, TimePoint now, 
   return nullptr;
 }
 
+bool PoolCore::try_acquire_fast(const AcquireRequest& r, TimePoint now, Grant* grant) {
+  if (idle_head_ == kNil || !fast_paths_ || std::bit_cast<std::uint32_t>(modes_) != 0 ||
+      !r.client_session.empty() || !reservations_.empty() ||
+      static_cast<unsigned>(r.priority) > static_cast<unsigned>(kCriticalPriority)) {
+    return false;
+  }
+  Slot& s = slots_[idle_head_];
+  // Pop the idle head.
+  idle_head_ = s.idle_next;
+  if (idle_head_ != kNil) {
+    slots_[idle_head_].idle_prev = kNil;
+  } else {
+    idle_tail_ = kNil;
+  }
+  s.idle_next = kNil;
+  s.in_idle_list = false;
+  --idle_unreserved_;
+  --by_state_[static_cast<int>(SessionState::kIdle)];
+  ++by_state_[static_cast<int>(SessionState::kLeased)];
+  s.state = SessionState::kLeased;
+  // The lease.
+  s.leased = true;
+  s.lease_seq = s.next_lease_seq++;
+  s.lease_id = codec_.encode(s.index, s.lease_seq);
+  s.lease_started = now;
+  const Duration timeout = r.lease_timeout.count() > 0 ? r.lease_timeout : config_.lease_timeout;
+  s.lease_deadline = timeout.count() > 0 ? now + timeout : TimePoint::max();
+  if (!r.owner.empty() || !s.lease_owner.empty()) s.lease_owner.assign(r.owner);
+  if (!s.lease_client.empty()) s.lease_client.clear();
+  counters_.reused += s.uses > 0 ? 1 : 0;
+  ++s.uses;
+  ++counters_.acquisitions;
+  ++counters_.immediate;
+  waits_.record_zero();
+  *grant = Grant{.lease = s.lease_id, .session = s.id, .expires_at = s.lease_deadline};
+  return true;
+}
+
+bool PoolCore::try_release_fast(LeaseId lease, TimePoint now) {
+  std::uint32_t index;
+  std::uint64_t seq;
+  codec_.decode(lease, &index, &seq);
+  if (index >= slots_.size() || !fast_paths_) return false;
+  Slot& s = slots_[index];
+  if (!s.leased || s.lease_seq != seq || !s.in_use || !s.lease_client.empty() ||
+      s.reservation != 0 || std::bit_cast<std::uint32_t>(modes_) != 0 || !reservations_.empty() ||
+      !queue_.empty() || live_ > config_.max || shrinking_ || must_recycle(s, now)) {
+    return false;
+  }
+  const int health = std::min(kMaxHealth, s.health + config_.health_success_recovery);
+  if (health < config_.health_check_below) return false;
+  const std::int64_t held = ns(now - s.lease_started);
+  avg_hold_ns_ = hold_samples_ == 0 ? held : avg_hold_ns_ + (held - avg_hold_ns_) / 16;
+  ++hold_samples_;
+  ++counters_.releases;
+  s.leased = false;
+  s.last_used = now;
+  s.health = health;
+  --by_state_[static_cast<int>(SessionState::kLeased)];
+  ++by_state_[static_cast<int>(SessionState::kIdle)];
+  s.state = SessionState::kIdle;
+  s.idle_since = now;
+  idle_push(s);
+  return true;
+}
+
 std::expected<AcquireOutcome, Error> PoolCore::acquire(const AcquireRequest& r, TimePoint now,
                                                        Output& out) {
   // Fast path: an idle session and no rule that could say otherwise.
-  if (idle_head_ != kNil && !shutdown_ && !draining_ && !paused_ && !emergency_ &&
+  if (idle_head_ != kNil && !modes_.shutdown && !modes_.draining && !modes_.paused && !modes_.emergency &&
       r.client_session.empty() && reservations_.empty() &&
       config_.validate_after_idle.count() == 0 && r.priority >= kLowestPriority &&
       r.priority <= kCriticalPriority) [[likely]] {
     ++counters_.immediate;
     AcquireOutcome o;
     o.granted = true;
-    o.grant = lease_to(slots_[idle_head_], r, now, now, out);
+    o.grant = lease_to(slots_[idle_head_], r, now, now, &out);
     if (config_.min_idle > 0) ensure_capacity(now, out);
     return o;
   }
@@ -499,13 +571,13 @@ std::expected<AcquireOutcome, Error> PoolCore::acquire(const AcquireRequest& r, 
     return std::unexpected(
         Error(ErrorCode::kInvalidArgument, "client_session: longer than 256 bytes"));
   }
-  if (shutdown_ || draining_ || paused_) {
+  if (modes_.shutdown || modes_.draining || modes_.paused) {
     ++counters_.rejections;
-    if (shutdown_) return std::unexpected(Error(ErrorCode::kShutdown, "the pool is shutting down"));
-    if (draining_) return std::unexpected(Error(ErrorCode::kPoolDraining, "the pool is draining"));
+    if (modes_.shutdown) return std::unexpected(Error(ErrorCode::kShutdown, "the pool is shutting down"));
+    if (modes_.draining) return std::unexpected(Error(ErrorCode::kPoolDraining, "the pool is draining"));
     return std::unexpected(Error(ErrorCode::kPoolPaused, "the pool is paused"));
   }
-  if (emergency_ && r.priority < kCriticalPriority) {
+  if (modes_.emergency && r.priority < kCriticalPriority) {
     ++counters_.rejections;
     return std::unexpected(
         Error(ErrorCode::kEmergencyStop, "emergency stop: only critical requests are served"));
@@ -526,7 +598,7 @@ std::expected<AcquireOutcome, Error> PoolCore::acquire(const AcquireRequest& r, 
     ++counters_.immediate;
     AcquireOutcome o;
     o.granted = true;
-    o.grant = lease_to(*s, r, now, now, out);
+    o.grant = lease_to(*s, r, now, now, &out);
     if (config_.min_idle > 0) ensure_capacity(now, out);
     return o;
   }
@@ -574,8 +646,8 @@ std::expected<AcquireOutcome, Error> PoolCore::acquire(const AcquireRequest& r, 
 Duration PoolCore::predict_wait(int position) const {
   const int coming = by_state_[static_cast<int>(SessionState::kStarting)] +
                      by_state_[static_cast<int>(SessionState::kChecking)];
-  const bool can_grow = live_ + closing_ < config_.max + config_.overflow && !shutdown_ &&
-                        !draining_ &&
+  const bool can_grow = live_ + closing_ < config_.max + config_.overflow && !modes_.shutdown &&
+                        !modes_.draining &&
                         (options_.shared_cap == nullptr ||
                          options_.shared_cap->used() < options_.shared_cap->limit());
   if (position <= coming || can_grow) {
@@ -629,7 +701,7 @@ std::expected<void, Error> PoolCore::release(LeaseId lease, std::optional<std::s
   s.last_used = now;
 
   // Fast path: a clean release straight back to the idle list.
-  if (outcome == ReleaseOutcome::kOk && !shutdown_ && !draining_ && s.reservation == 0 &&
+  if (outcome == ReleaseOutcome::kOk && !modes_.shutdown && !modes_.draining && s.reservation == 0 &&
       reservations_.empty() && queue_.empty() && live_ <= config_.max && !shrinking_ &&
       !must_recycle(s, now)) [[likely]] {
     const int health = std::min(kMaxHealth, s.health + config_.health_success_recovery);
@@ -689,7 +761,7 @@ void PoolCore::dispatch(TimePoint now, Output& out) {
     Action a;
     a.type = ActionType::kGrant;
     a.waiter = wid;
-    a.grant = lease_to(*s, r, w->enqueued_at, now, out);
+    a.grant = lease_to(*s, r, w->enqueued_at, now, &out);
     out.actions.push_back(std::move(a));
     queue_.remove(wid);
   }
@@ -697,7 +769,7 @@ void PoolCore::dispatch(TimePoint now, Output& out) {
 }
 
 void PoolCore::ensure_capacity(TimePoint now, Output& out) {
-  if (shutdown_ || draining_) return;
+  if (modes_.shutdown || modes_.draining || batch_depth_ > 0) return;
   if (now < next_start_allowed_) return;
   // Sessions on their way (starting, being checked) go to reservations waiting
   // for a session first, then to waiters, then become idle spares.
@@ -747,7 +819,7 @@ void PoolCore::reject_all(ErrorCode code, std::string_view why, int below_priori
 }
 
 void PoolCore::maybe_finish_drain(TimePoint now, Output& out) {
-  if ((draining_ || shutdown_) && !drain_announced_ && live_ + closing_ == 0) {
+  if ((modes_.draining || modes_.shutdown) && !drain_announced_ && live_ + closing_ == 0) {
     drain_announced_ = true;
     emit(out, EventType::kDrained, now);
   }
@@ -867,7 +939,8 @@ void PoolCore::tick(TimePoint now, Output& out) {
   }
 
   bool changed = false;
-  for (Slot& s : slots_) {
+  for (std::size_t i = 0; i < slots_.size(); ++i) {
+    Slot& s = slots_[i];
     if (!s.in_use) continue;
     if (s.state == SessionState::kLeased && s.lease_deadline <= now) {
       ++counters_.reclaimed;
@@ -958,29 +1031,30 @@ std::expected<void, Error> PoolCore::scale(int target, TimePoint now, Output& ou
 }
 
 void PoolCore::pause(TimePoint now, Output& out) {
-  if (paused_) return;
-  paused_ = true;
+  if (modes_.paused) return;
+  modes_.paused = true;
   reject_all(ErrorCode::kPoolPaused, "the pool was paused", kCriticalPriority + 1, now, out);
   emit(out, EventType::kPaused, now);
 }
 
 void PoolCore::resume(TimePoint now, Output& out) {
-  if (shutdown_) return;
-  if (!paused_ && !draining_) return;
-  paused_ = false;
-  draining_ = false;
+  if (modes_.shutdown) return;
+  if (!modes_.paused && !modes_.draining) return;
+  modes_.paused = false;
+  modes_.draining = false;
   drain_announced_ = false;
   emit(out, EventType::kResumed, now);
   ensure_capacity(now, out);
 }
 
 void PoolCore::drain(TimePoint now, Output& out) {
-  if (draining_ || shutdown_) return;
-  draining_ = true;
+  if (modes_.draining || modes_.shutdown) return;
+  modes_.draining = true;
   drain_announced_ = false;
   reject_all(ErrorCode::kPoolDraining, "the pool is draining", kCriticalPriority + 1, now, out);
   emit(out, EventType::kDraining, now);
-  for (Slot& s : slots_) {
+  for (std::size_t i = 0; i < slots_.size(); ++i) {
+    Slot& s = slots_[i];
     if (s.in_use && (s.state == SessionState::kIdle || s.state == SessionState::kChecking)) {
       stop_session(s, StopReason::kDrained, now, out);
     }
@@ -989,24 +1063,25 @@ void PoolCore::drain(TimePoint now, Output& out) {
 }
 
 void PoolCore::emergency_stop(TimePoint now, Output& out) {
-  if (emergency_) return;
-  emergency_ = true;
+  if (modes_.emergency) return;
+  modes_.emergency = true;
   reject_all(ErrorCode::kEmergencyStop, "emergency stop", kCriticalPriority, now, out);
   emit(out, EventType::kEmergencyStop, now);
 }
 
 void PoolCore::emergency_resume(TimePoint now, Output& out) {
-  if (!emergency_) return;
-  emergency_ = false;
+  if (!modes_.emergency) return;
+  modes_.emergency = false;
   emit(out, EventType::kEmergencyResume, now);
 }
 
 void PoolCore::shutdown(TimePoint now, Output& out) {
-  if (shutdown_) return;
-  shutdown_ = true;
+  if (modes_.shutdown) return;
+  modes_.shutdown = true;
   drain_announced_ = false;
   reject_all(ErrorCode::kShutdown, "the pool is shutting down", kCriticalPriority + 1, now, out);
-  for (Slot& s : slots_) {
+  for (std::size_t i = 0; i < slots_.size(); ++i) {
+    Slot& s = slots_[i];
     if (s.in_use && (s.state == SessionState::kIdle || s.state == SessionState::kChecking)) {
       stop_session(s, StopReason::kShutdown, now, out);
     }
@@ -1014,7 +1089,7 @@ void PoolCore::shutdown(TimePoint now, Output& out) {
   maybe_finish_drain(now, out);
 }
 
-bool PoolCore::drained() const { return (draining_ || shutdown_) && live_ + closing_ == 0; }
+bool PoolCore::drained() const { return (modes_.draining || modes_.shutdown) && live_ + closing_ == 0; }
 
 // ---------------------------------------------------------------------------
 // reservations
@@ -1026,8 +1101,8 @@ std::expected<ReservationInfo, Error> PoolCore::reserve(std::string_view owner,
   if (expires_at <= now) {
     return std::unexpected(Error(ErrorCode::kInvalidArgument, "expires_at: must be in the future"));
   }
-  if (shutdown_) return std::unexpected(Error(ErrorCode::kShutdown, "the pool is shutting down"));
-  if (draining_) return std::unexpected(Error(ErrorCode::kPoolDraining, "the pool is draining"));
+  if (modes_.shutdown) return std::unexpected(Error(ErrorCode::kShutdown, "the pool is shutting down"));
+  if (modes_.draining) return std::unexpected(Error(ErrorCode::kPoolDraining, "the pool is draining"));
   auto r = std::make_unique<Reservation>();
   r->id = next_reservation_++;
   r->owner.assign(owner);
@@ -1069,7 +1144,7 @@ void PoolCore::release_reservation(Reservation& r, TimePoint now, Output& out) {
 // picked up by another that ends in the same step.
 void PoolCore::end_reservations(const std::vector<ReservationId>& ids, TimePoint now,
                                 Output& out) {
-  std::vector<Slot*> returned;
+  std::vector<SessionId> returned;
   for (ReservationId id : ids) {
     auto it = reservations_.find(id);
     if (it == reservations_.end()) continue;
@@ -1079,9 +1154,15 @@ void PoolCore::end_reservations(const std::vector<ReservationId>& ids, TimePoint
     reservations_.erase(it);
     if (s == nullptr) continue;
     s->reservation = 0;
-    if (s->state == SessionState::kIdle) returned.push_back(s);
+    if (s->state == SessionState::kIdle) returned.push_back(s->id);
   }
-  for (Slot* s : returned) make_idle(*s, now, out);  // back to general use, or to a waiter
+  // Back to general use or to waiters, all of them before deciding on starts.
+  ++batch_depth_;
+  for (SessionId id : returned) {
+    if (Slot* s = find(id); s != nullptr && s->state == SessionState::kIdle) make_idle(*s, now, out);
+  }
+  --batch_depth_;
+  ensure_capacity(now, out);
 }
 
 std::expected<void, Error> PoolCore::cancel_reservation(ReservationId id, std::string_view owner,
@@ -1266,9 +1347,9 @@ PoolStats PoolCore::stats() const {
   st.sessions = live_ + closing_;
   st.target = target_;
   st.queue_length = static_cast<int>(queue_.size());
-  st.paused = paused_;
-  st.draining = draining_ || shutdown_;
-  st.emergency_stopped = emergency_;
+  st.paused = modes_.paused;
+  st.draining = modes_.draining || modes_.shutdown;
+  st.emergency_stopped = modes_.emergency;
   st.reuse_rate = st.acquisitions == 0 ? 0.0
                                        : static_cast<double>(st.reused) /
                                              static_cast<double>(st.acquisitions);

@@ -53,8 +53,8 @@ struct CoreOptions {
 struct AcquireRequest {
   int priority = kNormalPriority;
   TimePoint deadline = TimePoint::max();
-  std::string_view client_session;   // affinity key; empty for none
-  std::string_view owner;            // who may release; reservations match on it
+  std::string_view client_session{};  // affinity key; empty for none
+  std::string_view owner{};           // who may release; reservations match on it
   Duration lease_timeout{0};         // 0: the pool's lease_timeout
 };
 
@@ -108,6 +108,13 @@ class PoolCore {
   // --- leases ---
   std::expected<AcquireOutcome, Error> acquire(const AcquireRequest& request, TimePoint now,
                                                Output& out);
+  // Hot paths for shells, with the same rules: a grant when an idle session is
+  // there and nothing needs the general path (no client session, reservation,
+  // validation, events or min_idle upkeep); false: call acquire(). And a clean
+  // release straight back to idle; false: call release() (nothing changed).
+  bool try_acquire_fast(const AcquireRequest& request, TimePoint now, Grant* grant);
+  bool try_release_fast(LeaseId lease, TimePoint now);
+
   // The caller went away. Answers the waiter (kCancelled) without an action.
   std::expected<void, Error> cancel(WaiterId waiter, TimePoint now, Output& out);
   // `owner` must match the acquire's owner; std::nullopt skips the check (a
@@ -184,7 +191,7 @@ class PoolCore {
   bool must_recycle(const Slot& s, TimePoint now) const;
   void idle_push(Slot& s);
   void idle_remove(Slot& s);
-  Grant lease_to(Slot& s, const AcquireRequest& r, TimePoint enqueued, TimePoint now, Output& out);
+  Grant lease_to(Slot& s, const AcquireRequest& r, TimePoint enqueued, TimePoint now, Output* out);
   void end_lease(Slot& s, TimePoint now, ErrorCode unreleased);
   void remember_ended(LeaseId lease, ErrorCode code);
   void set_state(Slot& s, SessionState state);
@@ -221,7 +228,9 @@ class PoolCore {
   Random random_;
   LeaseCodec codec_;
 
-  std::vector<Slot> slots_;
+  // A deque: references to slots stay valid while new sessions are added
+  // (a rule may start sessions while another holds a slot).
+  std::deque<Slot> slots_;
   std::vector<std::uint32_t> free_slots_;
   std::uint32_t idle_head_ = kNil;  // most recently idle
   std::uint32_t idle_tail_ = kNil;  // longest idle
@@ -245,11 +254,18 @@ class PoolCore {
   std::int64_t avg_start_ns_ = 0;
   std::uint64_t hold_samples_ = 0;
 
-  bool paused_ = false;
-  bool draining_ = false;
+  // Modes that refuse work; read together as one word on the hot paths.
+  struct Modes {
+    bool paused = false;
+    bool draining = false;
+    bool emergency = false;
+    bool shutdown = false;
+  };
+  static_assert(sizeof(Modes) == 4);
+  Modes modes_;
   bool drain_announced_ = false;
-  bool emergency_ = false;
-  bool shutdown_ = false;
+  bool fast_paths_ = false;
+  int batch_depth_ = 0;  // >0: capacity is settled once at the end of a batch  // the config allows try_acquire_fast / try_release_fast
 
   struct StringHash {
     using is_transparent = void;

@@ -89,6 +89,8 @@ class PoolEngine {
                                        .client_session = o.client_session,
                                        .owner = o.owner,
                                        .lease_timeout = o.lease_timeout};
+    core::Grant grant;
+    if (core_->try_acquire_fast(request, now, &grant)) return hand_out(grant);
     auto result = core_->acquire(request, now, out_);
     if (!result) {
       if (!out_.empty()) flush(lock);
@@ -126,6 +128,14 @@ class PoolEngine {
                                      : core::ReleaseOutcome::kBroken;
     Lock lock(mu_);
     const std::uint32_t slot = slot_of(handle.session);
+    if (kind == core::ReleaseOutcome::kOk && core_->try_release_fast(handle.lease, now_)) {
+      handed_out_[slot] = 0;
+      if (--outstanding_ == 0 && closed_ && workers_done_) {
+        lock.unlock();
+        delete this;
+      }
+      return {};
+    }
     auto result = core_->release(handle.lease, std::nullopt, kind, now_, out_);
     if (slot < handed_out_.size()) handed_out_[slot] = 0;
     if (slot < destroy_on_return_.size() && destroy_on_return_[slot] != 0) {
