@@ -382,12 +382,8 @@ bool PoolCore::give_to_reservation(Slot& s, TimePoint now, Output& out) {
   return give_to_reservation(s, now, out);
 }
 
-Grant PoolCore::lease_to(Slot& s, const AcquireRequest& r, TimePoint enqueued, TimePoint now,
-                         Output* out) {
-  // Before the lease exists, so a new record does not count it twice.
-  ClientRecord* client = r.client_session.empty() ? nullptr : client_touch(r.client_session, now);
-  idle_remove(s);
-  set_state(s, SessionState::kLeased);
+// The lease itself: id, times, owner, counts. Shared by every way to grant.
+inline void PoolCore::begin_lease(Slot& s, const AcquireRequest& r, TimePoint now) {
   s.leased = true;
   s.lease_seq = s.next_lease_seq++;
   s.lease_id = codec_.encode(s.index, s.lease_seq);
@@ -396,9 +392,18 @@ Grant PoolCore::lease_to(Slot& s, const AcquireRequest& r, TimePoint enqueued, T
   s.lease_deadline = timeout.count() > 0 ? now + timeout : TimePoint::max();
   if (!r.owner.empty() || !s.lease_owner.empty()) s.lease_owner.assign(r.owner);
   if (!r.client_session.empty() || !s.lease_client.empty()) s.lease_client.assign(r.client_session);
-  if (s.uses > 0) ++counters_.reused;
+  counters_.reused += s.uses > 0 ? 1 : 0;
   ++s.uses;
   ++counters_.acquisitions;
+}
+
+Grant PoolCore::lease_to(Slot& s, const AcquireRequest& r, TimePoint enqueued, TimePoint now,
+                         Output* out) {
+  // Before the lease exists, so a new record does not count it twice.
+  ClientRecord* client = r.client_session.empty() ? nullptr : client_touch(r.client_session, now);
+  idle_remove(s);
+  set_state(s, SessionState::kLeased);
+  begin_lease(s, r, now);
   waits_.record(now - enqueued);
   if (client != nullptr) {
     client->last_session = s.id;
@@ -503,18 +508,7 @@ bool PoolCore::try_acquire_fast(const AcquireRequest& r, TimePoint now, Grant* g
   --by_state_[static_cast<int>(SessionState::kIdle)];
   ++by_state_[static_cast<int>(SessionState::kLeased)];
   s.state = SessionState::kLeased;
-  // The lease.
-  s.leased = true;
-  s.lease_seq = s.next_lease_seq++;
-  s.lease_id = codec_.encode(s.index, s.lease_seq);
-  s.lease_started = now;
-  const Duration timeout = r.lease_timeout.count() > 0 ? r.lease_timeout : config_.lease_timeout;
-  s.lease_deadline = timeout.count() > 0 ? now + timeout : TimePoint::max();
-  if (!r.owner.empty() || !s.lease_owner.empty()) s.lease_owner.assign(r.owner);
-  if (!s.lease_client.empty()) s.lease_client.clear();
-  counters_.reused += s.uses > 0 ? 1 : 0;
-  ++s.uses;
-  ++counters_.acquisitions;
+  begin_lease(s, r, now);
   ++counters_.immediate;
   waits_.record_zero();
   *grant = Grant{.lease = s.lease_id, .session = s.id, .expires_at = s.lease_deadline};

@@ -29,8 +29,11 @@
 namespace poolkeeper::detail {
 namespace {
 
+// A waiter's word: kWaiting until it parks on the futex (kParked); answering
+// a waiter that has not parked yet costs no system call.
 constexpr std::uint32_t kWaiting = 0;
 constexpr std::uint32_t kAnswered = 1;
+constexpr std::uint32_t kParked = 2;
 
 void futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expected, Duration timeout) {
   timespec ts{};
@@ -104,13 +107,13 @@ class PoolEngine {
     // Queued: park until a release, a start, a tick or the deadline answers us.
     WaitRecord record;
     waiters_.emplace(result->waiter, &record);
-    ++waiting_threads_;
+    waiting_threads_.fetch_add(1, std::memory_order_relaxed);
     flush(lock);
     lock.unlock();
     wait(record, request.deadline);
-    lock.lock();
-    if (--waiting_threads_ == 0) changed_.notify_all();
-    return std::move(record.result);
+    std::expected<LeaseHandle, Error> answer = std::move(record.result);
+    waiting_threads_.fetch_sub(1, std::memory_order_release);  // last touch of the engine
+    return answer;
   }
 
   std::expected<void, Error> release(const LeaseHandle& handle, int outcome) {
@@ -193,7 +196,9 @@ class PoolEngine {
     shutdown(grace);
     Lock lock(mu_);
     // Threads still inside acquire() were answered by the shutdown; let them leave.
-    changed_.wait(lock, [this] { return waiting_threads_ == 0; });
+    lock.unlock();
+    while (waiting_threads_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+    lock.lock();
     closed_ = true;
     if (outstanding_ == 0) {
       lock.unlock();
@@ -269,8 +274,9 @@ class PoolEngine {
             } else {
               record->result = std::unexpected(std::move(a.error));
             }
-            record->state.store(kAnswered, std::memory_order_release);
-            wake_.push_back(&record->state);
+            if (record->state.exchange(kAnswered, std::memory_order_acq_rel) == kParked) {
+              wake_.push_back(&record->state);
+            }
             break;
           }
           default:
@@ -303,6 +309,10 @@ class PoolEngine {
   }
 
   void wait(WaitRecord& record, TimePoint deadline) {
+    std::uint32_t expected = kWaiting;
+    if (!record.state.compare_exchange_strong(expected, kParked, std::memory_order_acq_rel)) {
+      return;  // answered while spinning
+    }
     for (;;) {
       if (record.state.load(std::memory_order_acquire) == kAnswered) return;
       const TimePoint now = clock_->now();
@@ -317,10 +327,10 @@ class PoolEngine {
         // The pool's clock is not real time (a manual clock in tests): the
         // workers' ticks answer us once it moves. Wait in short steps.
         lock.unlock();
-        futex_wait(&record.state, kWaiting, tick_interval_);
+        futex_wait(&record.state, kParked, tick_interval_);
         continue;
       }
-      futex_wait(&record.state, kWaiting, std::min<Duration>(deadline - now, std::chrono::seconds(1)));
+      futex_wait(&record.state, kParked, std::min<Duration>(deadline - now, std::chrono::seconds(1)));
     }
   }
 
@@ -440,7 +450,7 @@ class PoolEngine {
   std::vector<std::thread> workers_;
   std::once_flag shutdown_once_;
   int outstanding_ = 0;       // leases held by callers
-  int waiting_threads_ = 0;   // callers parked in acquire()
+  std::atomic<int> waiting_threads_{0};  // callers parked in acquire()
   bool stopping_ = false;
   bool workers_done_ = false;
   bool closed_ = false;
