@@ -76,6 +76,7 @@ poolkeeper::PoolConfig all_features_config(int size) {
   config.validate_after_idle = poolkeeper::Duration{0};
   config.aging = std::chrono::seconds(1);
   config.early_reject = true;
+  config.handoff_after = std::chrono::milliseconds(1);
   config.max_queue = 1024;
   return config;
 }

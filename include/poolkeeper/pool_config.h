@@ -51,6 +51,12 @@ struct PoolConfig {
   int max_queue = 1024;                         // waiters at most; more are refused (queue_full)
   Duration aging = std::chrono::seconds(1);     // waiting this long counts as one priority level (0: off)
   bool early_reject = true;                     // refuse at once when the predicted wait outlasts the deadline
+  // 0: a freed session goes straight to the first waiter (strict order). Above
+  // 0: a waiter that has waited less than this may be overtaken by a new
+  // acquire of at least its priority that finds a session free (the waiter is
+  // woken to try again); once it has waited this long, sessions are handed to
+  // it directly. Bounded unfairness for throughput under contention.
+  Duration handoff_after{0};
 
   // --- limits (0: off) ---
   Duration idle_timeout = std::chrono::minutes(5);  // close idle sessions above min after this

@@ -32,6 +32,7 @@ enum class ActionType : std::uint8_t {
   kCheckSession,  // check `session`; answer check_result
   kGrant,         // `waiter` got `grant`
   kReject,        // `waiter` is answered with `error`
+  kWake,          // `waiter` should call retry(): a session is free, first come first served
 };
 
 struct Action {

@@ -32,6 +32,7 @@ std::expected<void, Error> validate_config(const PoolConfig& c) {
   }
   if (c.max_queue < 0) return bad("max_queue", "must be >= 0, got " + to_string(c.max_queue));
   if (c.aging.count() < 0) return bad("aging", "must not be negative");
+  if (c.handoff_after.count() < 0) return bad("handoff_after", "must not be negative");
   if (c.idle_timeout.count() < 0) return bad("idle_timeout", "must not be negative");
   if (c.lease_timeout.count() < 0) return bad("lease_timeout", "must not be negative");
   if (c.max_lifetime.count() < 0) return bad("max_lifetime", "must not be negative");

@@ -491,7 +491,8 @@ PoolCore::Slot* PoolCore::take_idle_for(const AcquireRequest& r, TimePoint now, 
 bool PoolCore::try_acquire_fast(const AcquireRequest& r, TimePoint now, Grant* grant) {
   if (idle_head_ == kNil || !fast_paths_ || std::bit_cast<std::uint32_t>(modes_) != 0 ||
       !r.client_session.empty() || !reservations_.empty() ||
-      static_cast<unsigned>(r.priority) > static_cast<unsigned>(kCriticalPriority)) {
+      static_cast<unsigned>(r.priority) > static_cast<unsigned>(kCriticalPriority) ||
+      overtaking_blocked(r.priority, now)) {
     return false;
   }
   Slot& s = slots_[idle_head_];
@@ -549,7 +550,7 @@ std::expected<AcquireOutcome, Error> PoolCore::acquire(const AcquireRequest& r, 
   if (idle_head_ != kNil && !modes_.shutdown && !modes_.draining && !modes_.paused && !modes_.emergency &&
       r.client_session.empty() && reservations_.empty() &&
       config_.validate_after_idle.count() == 0 && r.priority >= kLowestPriority &&
-      r.priority <= kCriticalPriority) [[likely]] {
+      r.priority <= kCriticalPriority && !overtaking_blocked(r.priority, now)) [[likely]] {
     ++counters_.immediate;
     AcquireOutcome o;
     o.granted = true;
@@ -584,7 +585,10 @@ std::expected<AcquireOutcome, Error> PoolCore::acquire(const AcquireRequest& r, 
       send_to_check(*s, now, out);
     }
   }
-  if (s == nullptr) {
+  if (s == nullptr && config_.handoff_after.count() > 0 && !queue_.empty()) {
+    dispatch(now, out);  // a waiter that waited long enough goes first
+  }
+  if (s == nullptr && !overtaking_blocked(r.priority, now)) {
     bool hit = false;
     s = take_idle_for(r, now, out, &hit);
   }
@@ -740,9 +744,61 @@ std::expected<void, Error> PoolCore::release(LeaseId lease, std::optional<std::s
 // ---------------------------------------------------------------------------
 // queue and capacity
 
+// True when a new acquire of `priority` must not take a free session ahead of
+// the queue: always with strict handoff, and with handoff_after once the first
+// waiter has waited that long or outranks it.
+bool PoolCore::overtaking_blocked(int priority, TimePoint now) const {
+  if (queue_.empty() || config_.handoff_after.count() == 0) return false;
+  const Waiter* head = const_cast<WaitQueue&>(queue_).front();
+  return priority < head->priority || now - head->enqueued_at >= config_.handoff_after;
+}
+
+void PoolCore::grant_to(Waiter& w, Slot& s, TimePoint now, Output& out) {
+  AcquireRequest r{.priority = w.priority,
+                   .deadline = w.deadline,
+                   .client_session = w.client_session,
+                   .owner = w.owner,
+                   .lease_timeout = w.lease_timeout};
+  const WaiterId wid = w.id;
+  Action a;
+  a.type = ActionType::kGrant;
+  a.waiter = wid;
+  a.grant = lease_to(s, r, w.enqueued_at, now, &out);
+  out.actions.push_back(std::move(a));
+  if (woken_ == wid) woken_ = 0;
+  queue_.remove(wid);
+}
+
+void PoolCore::retry(WaiterId waiter, TimePoint now, Output& out) {
+  if (woken_ == waiter) woken_ = 0;
+  Waiter* w = queue_.find(waiter);
+  if (w == nullptr) return;  // answered meanwhile
+  if (idle_unreserved_ > 0 && (w == queue_.front() || !overtaking_blocked(w->priority, now))) {
+    AcquireRequest r{.priority = w->priority,
+                     .deadline = w->deadline,
+                     .client_session = w->client_session,
+                     .owner = w->owner,
+                     .lease_timeout = w->lease_timeout};
+    bool hit = false;
+    if (Slot* s = take_idle_for(r, now, out, &hit); s != nullptr) grant_to(*w, *s, now, out);
+  }
+  if (!queue_.empty() && idle_unreserved_ > 0) dispatch(now, out);
+}
+
 void PoolCore::dispatch(TimePoint now, Output& out) {
   while (!queue_.empty() && idle_unreserved_ > 0) {
     Waiter* w = queue_.front();
+    if (config_.handoff_after.count() > 0 && now - w->enqueued_at < config_.handoff_after) {
+      // Not waited long enough to be owed the session: wake it to compete.
+      if (woken_ == 0 || queue_.find(woken_) == nullptr) {
+        woken_ = w->id;
+        Action a;
+        a.type = ActionType::kWake;
+        a.waiter = w->id;
+        out.actions.push_back(std::move(a));
+      }
+      break;
+    }
     AcquireRequest r{.priority = w->priority,
                      .deadline = w->deadline,
                      .client_session = w->client_session,
@@ -751,13 +807,7 @@ void PoolCore::dispatch(TimePoint now, Output& out) {
     bool hit = false;
     Slot* s = take_idle_for(r, now, out, &hit);
     if (s == nullptr) break;
-    const WaiterId wid = w->id;
-    Action a;
-    a.type = ActionType::kGrant;
-    a.waiter = wid;
-    a.grant = lease_to(*s, r, w->enqueued_at, now, &out);
-    out.actions.push_back(std::move(a));
-    queue_.remove(wid);
+    grant_to(*w, *s, now, out);
   }
   if (!queue_.empty()) ensure_capacity(now, out);
 }
@@ -931,6 +981,9 @@ void PoolCore::tick(TimePoint now, Output& out) {
     }
     reject_waiter(w->id, Error(ErrorCode::kAcquireTimeout, std::move(message)), now, out);
   }
+
+  // With handoff_after, a waiter may now have waited long enough to be owed a free session.
+  if (!queue_.empty() && idle_unreserved_ > 0) dispatch(now, out);
 
   bool changed = false;
   for (std::size_t i = 0; i < slots_.size(); ++i) {

@@ -115,6 +115,10 @@ class PoolCore {
   bool try_acquire_fast(const AcquireRequest& request, TimePoint now, Grant* grant);
   bool try_release_fast(LeaseId lease, TimePoint now);
 
+  // A waiter woken by kWake tries again: granted (kGrant) if a session is
+  // still free for it, otherwise it keeps its place in the queue.
+  void retry(WaiterId waiter, TimePoint now, Output& out);
+
   // The caller went away. Answers the waiter (kCancelled) without an action.
   std::expected<void, Error> cancel(WaiterId waiter, TimePoint now, Output& out);
   // `owner` must match the acquire's owner; std::nullopt skips the check (a
@@ -204,6 +208,8 @@ class PoolCore {
   void reject_all(ErrorCode code, std::string_view why, int below_priority, TimePoint now,
                   Output& out);
   Duration predict_wait(int position) const;
+  bool overtaking_blocked(int priority, TimePoint now) const;
+  void grant_to(Waiter& w, Slot& s, TimePoint now, Output& out);
   Slot* take_idle_for(const AcquireRequest& r, TimePoint now, Output& out, bool* affinity_hit);
   Slot* reserved_idle_for(std::string_view owner);
   int floor() const;
@@ -266,7 +272,8 @@ class PoolCore {
   Modes modes_;
   bool drain_announced_ = false;
   bool fast_paths_ = false;
-  int batch_depth_ = 0;  // >0: capacity is settled once at the end of a batch  // the config allows try_acquire_fast / try_release_fast
+  int batch_depth_ = 0;
+  WaiterId woken_ = 0;  // the waiter woken by kWake that has not retried yet  // >0: capacity is settled once at the end of a batch  // the config allows try_acquire_fast / try_release_fast
 
   struct StringHash {
     using is_transparent = void;

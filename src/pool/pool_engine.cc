@@ -34,6 +34,7 @@ namespace {
 constexpr std::uint32_t kWaiting = 0;
 constexpr std::uint32_t kAnswered = 1;
 constexpr std::uint32_t kParked = 2;
+constexpr std::uint32_t kWoken = 3;  // a session is free: retry (handoff_after)
 
 void futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expected, Duration timeout) {
   timespec ts{};
@@ -106,6 +107,7 @@ class PoolEngine {
     }
     // Queued: park until a release, a start, a tick or the deadline answers us.
     WaitRecord record;
+    record.id = result->waiter;
     waiters_.emplace(result->waiter, &record);
     waiting_threads_.fetch_add(1, std::memory_order_relaxed);
     flush(lock);
@@ -228,6 +230,7 @@ class PoolEngine {
  private:
   struct WaitRecord {
     std::atomic<std::uint32_t> state{kWaiting};
+    core::WaiterId id = 0;
     std::expected<LeaseHandle, Error> result;
   };
 
@@ -279,6 +282,17 @@ class PoolEngine {
             }
             break;
           }
+          case core::ActionType::kWake: {
+            auto it = waiters_.find(a.waiter);
+            if (it == waiters_.end()) break;
+            std::atomic<std::uint32_t>& state = it->second->state;
+            std::uint32_t was = state.load(std::memory_order_acquire);
+            while (was != kAnswered && was != kWoken &&
+                   !state.compare_exchange_weak(was, kWoken, std::memory_order_acq_rel)) {
+            }
+            if (was == kParked) wake_.push_back(&state);
+            break;
+          }
           default:
             jobs_.push_back(std::move(a));
             break;
@@ -309,12 +323,23 @@ class PoolEngine {
   }
 
   void wait(WaitRecord& record, TimePoint deadline) {
-    std::uint32_t expected = kWaiting;
-    if (!record.state.compare_exchange_strong(expected, kParked, std::memory_order_acq_rel)) {
-      return;  // answered while spinning
-    }
+    // Park; an answer or a wake that came first is handled by the loop.
+    std::uint32_t fresh = kWaiting;
+    record.state.compare_exchange_strong(fresh, kParked, std::memory_order_acq_rel);
     for (;;) {
-      if (record.state.load(std::memory_order_acquire) == kAnswered) return;
+      const std::uint32_t state = record.state.load(std::memory_order_acquire);
+      if (state == kAnswered) return;
+      if (state == kWoken) {
+        // A session came free: try for it; keep our place if someone was faster.
+        Lock lock(mu_);
+        std::uint32_t woken = kWoken;
+        if (record.state.compare_exchange_strong(woken, kParked, std::memory_order_acq_rel)) {
+          refresh_now();
+          core_->retry(record.id, now_, out_);
+          flush(lock);
+        }
+        continue;
+      }
       const TimePoint now = clock_->now();
       if (now >= deadline) {
         // Our deadline passed: a tick answers us (and anyone else due).

@@ -946,6 +946,10 @@ void Sim::absorb(int ci, const Output& out, const Effects& fx) {
         seen("action grant");
         break;
       }
+      case ActionType::kWake:
+        // The simulated configs keep strict handoff (handoff_after = 0);
+        // pool_core_handoff_test.cc covers the other mode.
+        fail("unexpected_wake", cat("kWake for ", wname(m, a.waiter), " with strict handoff"));
       case ActionType::kReject: {
         WaiterModel w = take_waiter(m, a.waiter, "kReject");
         bool fits = false;

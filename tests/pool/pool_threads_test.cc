@@ -134,6 +134,10 @@ class PoolThreadsTest : public ::testing::Test {
     EXPECT_EQ(counters_->destroyed_while_in_use.load(), 0);
   }
 
+  // Many threads acquiring with timeouts, priorities, client sessions, broken
+  // and failed releases and a flaky factory; checks exclusivity and accounting.
+  void hammer(Duration handoff_after);
+
   std::shared_ptr<FactoryCounters> counters_ = std::make_shared<FactoryCounters>();
 };
 
@@ -141,7 +145,16 @@ class PoolThreadsTest : public ::testing::Test {
 // client sessions, broken and failed releases and a flaky factory, no object
 // is ever held by two threads, lease ids are unique, the counts balance, and
 // every object made is destroyed once the pool is gone.
-TEST_F(PoolThreadsTest, ManyThreadsNeverShareAnObject) {
+TEST_F(PoolThreadsTest, ManyThreadsNeverShareAnObject) { hammer(Duration{0}); }
+
+// Verifies the same with handoff_after on: waiters may be overtaken for a
+// bounded time and are woken to retry, yet every acquire is answered, no
+// object is shared and the counts balance.
+TEST_F(PoolThreadsTest, ManyThreadsWithHandoffAfterNeverShareAnObject) {
+  hammer(std::chrono::milliseconds(1));
+}
+
+void PoolThreadsTest::hammer(Duration handoff_after) {
   const std::uint64_t seed = test_seed();
   SCOPED_TRACE("seed " + std::to_string(seed) + " (set POOLKEEPER_TEST_SEED to repeat)");
   constexpr int kThreads = 12;
@@ -154,6 +167,7 @@ TEST_F(PoolThreadsTest, ManyThreadsNeverShareAnObject) {
   config.aging = 5ms;
   config.health_error_penalty = 30;
   config.early_reject = true;
+  config.handoff_after = handoff_after;
   counters_->fail_every_nth_create = 7;  // every 7th create throws or returns an error
   auto pool = make_pool(config, seed);
   ASSERT_NE(pool, nullptr);

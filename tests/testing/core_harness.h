@@ -158,6 +158,12 @@ class CoreHarness {
   void tick() {
     call([&](Output& o) { core_->tick(now(), o); });
   }
+  // A waiter woken by kWake tries again.
+  void retry(WaiterId waiter) {
+    call([&](Output& o) { core_->retry(waiter, now(), o); });
+  }
+  // Waiters woken (kWake) so far, oldest first.
+  const std::vector<WaiterId>& wakes() const { return wakes_; }
   // Moves the clock by `d` and ticks once.
   void advance(Duration d) {
     clock.advance(d);
@@ -428,6 +434,9 @@ class CoreHarness {
           rejects_[a.waiter] = a.error;
           note_answer(a.waiter);
           break;
+        case ActionType::kWake:
+          wakes_.push_back(a.waiter);
+          break;
       }
     }
     for (const Event& e : out_.events) events_.push_back(e);
@@ -455,6 +464,7 @@ class CoreHarness {
   std::map<WaiterId, Error> rejects_;
   std::map<WaiterId, int> answers_;
   std::vector<WaiterId> grant_order_;
+  std::vector<WaiterId> wakes_;
   std::vector<WaiterId> queued_;
   std::vector<Grant> immediate_;
   std::set<WaiterId> cancelled_;
