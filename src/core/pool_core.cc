@@ -96,7 +96,7 @@ PoolCore::PoolCore(PoolConfig config, CoreOptions options)
 PoolCore::~PoolCore() {
   // Give back what this core still holds of a shared cap.
   for (std::size_t i = 0; i < slots_.size(); ++i) {
-    Slot& s = slots_[i];
+    Slot& s = slot(i);
     if (s.in_use && s.holds_cap && options_.shared_cap != nullptr) options_.shared_cap->release();
   }
 }
@@ -112,7 +112,7 @@ void PoolCore::start(TimePoint now, Output& out) {
 PoolCore::Slot* PoolCore::find(SessionId id) {
   const auto index = static_cast<std::uint32_t>(id & 0xffffffffu);
   if (index >= slots_.size()) return nullptr;
-  Slot& s = slots_[index];
+  Slot& s = slot(index);
   return (s.in_use && s.id == id) ? &s : nullptr;
 }
 
@@ -141,7 +141,7 @@ void PoolCore::idle_push(Slot& s) {
   s.in_idle_list = true;
   s.idle_prev = kNil;
   s.idle_next = idle_head_;
-  if (idle_head_ != kNil) slots_[idle_head_].idle_prev = s.index;
+  if (idle_head_ != kNil) slot(idle_head_).idle_prev = s.index;
   idle_head_ = s.index;
   if (idle_tail_ == kNil) idle_tail_ = s.index;
   ++idle_unreserved_;
@@ -151,12 +151,12 @@ void PoolCore::idle_remove(Slot& s) {
   if (!s.in_idle_list) return;
   s.in_idle_list = false;
   if (s.idle_prev != kNil) {
-    slots_[s.idle_prev].idle_next = s.idle_next;
+    slot(s.idle_prev).idle_next = s.idle_next;
   } else {
     idle_head_ = s.idle_next;
   }
   if (s.idle_next != kNil) {
-    slots_[s.idle_next].idle_prev = s.idle_prev;
+    slot(s.idle_next).idle_prev = s.idle_prev;
   } else {
     idle_tail_ = s.idle_prev;
   }
@@ -186,10 +186,10 @@ void PoolCore::start_session(TimePoint now, Output& out) {
     free_slots_.pop_back();
   } else {
     index = static_cast<std::uint32_t>(slots_.size());
-    slots_.emplace_back();
-    slots_.back().index = index;
+    slots_.push_back(std::make_unique<Slot>());
+    slots_.back()->index = index;
   }
-  Slot& s = slots_[index];
+  Slot& s = slot(index);
   s.in_use = true;
   ++s.incarnation;
   s.id = (static_cast<SessionId>(s.incarnation) << 32) | index;
@@ -246,7 +246,7 @@ void PoolCore::reservation_lost_session(ReservationId id, TimePoint now, Output&
   Reservation& r = *it->second;
   r.session = 0;
   if (modes_.shutdown || modes_.draining || idle_tail_ == kNil) return;
-  Slot& t = slots_[idle_tail_];
+  Slot& t = slot(idle_tail_);
   idle_remove(t);
   t.reservation = id;
   r.session = t.id;
@@ -478,7 +478,7 @@ PoolCore::Slot* PoolCore::take_idle_for(const AcquireRequest& r, TimePoint now, 
     }
   }
   while (idle_head_ != kNil) {
-    Slot& s = slots_[idle_head_];
+    Slot& s = slot(idle_head_);
     if (needs_validation(s, now)) {
       send_to_check(s, now, out);
       continue;
@@ -495,11 +495,11 @@ bool PoolCore::try_acquire_fast(const AcquireRequest& r, TimePoint now, Grant* g
       overtaking_blocked(r.priority, now)) {
     return false;
   }
-  Slot& s = slots_[idle_head_];
+  Slot& s = slot(idle_head_);
   // Pop the idle head.
   idle_head_ = s.idle_next;
   if (idle_head_ != kNil) {
-    slots_[idle_head_].idle_prev = kNil;
+    slot(idle_head_).idle_prev = kNil;
   } else {
     idle_tail_ = kNil;
   }
@@ -521,7 +521,7 @@ bool PoolCore::try_release_fast(LeaseId lease, TimePoint now) {
   std::uint64_t seq;
   codec_.decode(lease, &index, &seq);
   if (index >= slots_.size() || !fast_paths_) return false;
-  Slot& s = slots_[index];
+  Slot& s = slot(index);
   if (!s.leased || s.lease_seq != seq || !s.in_use || !s.lease_client.empty() ||
       s.reservation != 0 || std::bit_cast<std::uint32_t>(modes_) != 0 || !reservations_.empty() ||
       !queue_.empty() || live_ > config_.max || shrinking_ || must_recycle(s, now)) {
@@ -554,7 +554,7 @@ std::expected<AcquireOutcome, Error> PoolCore::acquire(const AcquireRequest& r, 
     ++counters_.immediate;
     AcquireOutcome o;
     o.granted = true;
-    o.grant = lease_to(slots_[idle_head_], r, now, now, &out);
+    o.grant = lease_to(slot(idle_head_), r, now, now, &out);
     if (config_.min_idle > 0) ensure_capacity(now, out);
     return o;
   }
@@ -672,10 +672,10 @@ std::expected<void, Error> PoolCore::release(LeaseId lease, std::optional<std::s
   std::uint32_t index;
   std::uint64_t seq;
   codec_.decode(lease, &index, &seq);
-  if (index >= slots_.size() || seq >= slots_[index].next_lease_seq) {
+  if (index >= slots_.size() || seq >= slot(index).next_lease_seq) {
     return std::unexpected(Error(ErrorCode::kUnknownLease, "no such lease"));
   }
-  Slot& s = slots_[index];
+  Slot& s = slot(index);
   if (!s.in_use || !s.leased || s.lease_seq != seq) {
     if (auto it = ended_.find(lease); it != ended_.end()) {
       return std::unexpected(Error(it->second, it->second == ErrorCode::kLeaseReclaimed
@@ -743,15 +743,6 @@ std::expected<void, Error> PoolCore::release(LeaseId lease, std::optional<std::s
 
 // ---------------------------------------------------------------------------
 // queue and capacity
-
-// True when a new acquire of `priority` must not take a free session ahead of
-// the queue: always with strict handoff, and with handoff_after once the first
-// waiter has waited that long or outranks it.
-bool PoolCore::overtaking_blocked(int priority, TimePoint now) const {
-  if (queue_.empty() || config_.handoff_after.count() == 0) return false;
-  const Waiter* head = const_cast<WaitQueue&>(queue_).front();
-  return priority < head->priority || now - head->enqueued_at >= config_.handoff_after;
-}
 
 void PoolCore::grant_to(Waiter& w, Slot& s, TimePoint now, Output& out) {
   AcquireRequest r{.priority = w.priority,
@@ -987,7 +978,7 @@ void PoolCore::tick(TimePoint now, Output& out) {
 
   bool changed = false;
   for (std::size_t i = 0; i < slots_.size(); ++i) {
-    Slot& s = slots_[i];
+    Slot& s = slot(i);
     if (!s.in_use) continue;
     if (s.state == SessionState::kLeased && s.lease_deadline <= now) {
       ++counters_.reclaimed;
@@ -1018,7 +1009,7 @@ void PoolCore::tick(TimePoint now, Output& out) {
   // Idle timeout: longest idle first, keeping the warm size and min_idle spares.
   if (config_.idle_timeout.count() > 0) {
     while (idle_tail_ != kNil && live_ > floor() && idle_unreserved_ > config_.min_idle) {
-      Slot& s = slots_[idle_tail_];
+      Slot& s = slot(idle_tail_);
       if (now - s.idle_since < config_.idle_timeout) break;
       stop_session(s, StopReason::kIdleTimeout, now, out);
       changed = true;
@@ -1040,7 +1031,8 @@ TimePoint PoolCore::next_due() const {
   if (consecutive_start_failures_ > 0 && next_start_allowed_ > TimePoint{}) {
     due = std::min(due, next_start_allowed_);
   }
-  for (const Slot& s : slots_) {
+  for (const auto& owned : slots_) {
+    const Slot& s = *owned;
     if (!s.in_use) continue;
     if (s.state == SessionState::kLeased) {
       due = std::min(due, s.lease_deadline);
@@ -1049,7 +1041,7 @@ TimePoint PoolCore::next_due() const {
     }
   }
   if (config_.idle_timeout.count() > 0 && idle_tail_ != kNil && live_ > floor()) {
-    due = std::min(due, slots_[idle_tail_].idle_since + config_.idle_timeout);
+    due = std::min(due, slot(idle_tail_).idle_since + config_.idle_timeout);
   }
   for (const auto& [id, r] : reservations_) due = std::min(due, r->expires_at);
   if (!clients_.empty()) due = std::min(due, next_cleanup_);
@@ -1069,7 +1061,7 @@ std::expected<void, Error> PoolCore::scale(int target, TimePoint now, Output& ou
   // Idle sessions above the target close now (longest idle first, keeping
   // min_idle spares); busy ones when they come back (make_idle).
   while (live_ > target_ && idle_tail_ != kNil && idle_unreserved_ > config_.min_idle) {
-    stop_session(slots_[idle_tail_], StopReason::kScaledDown, now, out);
+    stop_session(slot(idle_tail_), StopReason::kScaledDown, now, out);
   }
   shrinking_ = live_ > target_;
   emit(out, EventType::kScaled, now, 0, 0, {}, target);
@@ -1101,7 +1093,7 @@ void PoolCore::drain(TimePoint now, Output& out) {
   reject_all(ErrorCode::kPoolDraining, "the pool is draining", kCriticalPriority + 1, now, out);
   emit(out, EventType::kDraining, now);
   for (std::size_t i = 0; i < slots_.size(); ++i) {
-    Slot& s = slots_[i];
+    Slot& s = slot(i);
     if (s.in_use && (s.state == SessionState::kIdle || s.state == SessionState::kChecking)) {
       stop_session(s, StopReason::kDrained, now, out);
     }
@@ -1128,7 +1120,7 @@ void PoolCore::shutdown(TimePoint now, Output& out) {
   drain_announced_ = false;
   reject_all(ErrorCode::kShutdown, "the pool is shutting down", kCriticalPriority + 1, now, out);
   for (std::size_t i = 0; i < slots_.size(); ++i) {
-    Slot& s = slots_[i];
+    Slot& s = slot(i);
     if (s.in_use && (s.state == SessionState::kIdle || s.state == SessionState::kChecking)) {
       stop_session(s, StopReason::kShutdown, now, out);
     }
@@ -1156,7 +1148,7 @@ std::expected<ReservationInfo, Error> PoolCore::reserve(std::string_view owner,
   r->expires_at = expires_at;
   if (idle_tail_ != kNil) {
     // The longest idle session, so the most recently used stay in general use.
-    Slot& s = slots_[idle_tail_];
+    Slot& s = slot(idle_tail_);
     idle_remove(s);
     s.reservation = r->id;
     r->session = s.id;
@@ -1285,7 +1277,8 @@ PoolCore::ClientRecord* PoolCore::client_touch(std::string_view id, TimePoint no
     auto record = std::make_unique<ClientRecord>();
     record->id.assign(id);
     // Leases of this id may still be in flight from before a delete or expiry.
-    for (const Slot& slot : slots_) {
+    for (const auto& owned : slots_) {
+      const Slot& slot = *owned;
       if (slot.in_use && slot.leased && slot.lease_client == id) ++record->active_leases;
     }
     c = record.get();
@@ -1431,7 +1424,8 @@ std::optional<SessionInfo> PoolCore::session(SessionId id, TimePoint now) const 
 std::vector<SessionInfo> PoolCore::sessions(TimePoint now) const {
   std::vector<SessionInfo> list;
   list.reserve(static_cast<std::size_t>(live_ + closing_));
-  for (const Slot& s : slots_) {
+  for (const auto& owned : slots_) {
+    const Slot& s = *owned;
     if (s.in_use) list.push_back(*session(s.id, now));
   }
   return list;

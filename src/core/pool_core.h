@@ -208,7 +208,15 @@ class PoolCore {
   void reject_all(ErrorCode code, std::string_view why, int below_priority, TimePoint now,
                   Output& out);
   Duration predict_wait(int position) const;
-  bool overtaking_blocked(int priority, TimePoint now) const;
+  // True when a new acquire of `priority` must not take a free session ahead
+  // of the queue: with handoff_after, once the first waiter has waited that
+  // long or outranks it (with strict handoff sessions never idle while
+  // waiters queue).
+  bool overtaking_blocked(int priority, TimePoint now) const {
+    if (queue_.empty() || config_.handoff_after.count() == 0) return false;
+    const Waiter* head = queue_.front();
+    return priority < head->priority || now - head->enqueued_at >= config_.handoff_after;
+  }
   void grant_to(Waiter& w, Slot& s, TimePoint now, Output& out);
   Slot* take_idle_for(const AcquireRequest& r, TimePoint now, Output& out, bool* affinity_hit);
   Slot* reserved_idle_for(std::string_view owner);
@@ -235,9 +243,11 @@ class PoolCore {
   Random random_;
   LeaseCodec codec_;
 
-  // A deque: references to slots stay valid while new sessions are added
-  // (a rule may start sessions while another holds a slot).
-  std::deque<Slot> slots_;
+  // Each slot on the heap: references to slots stay valid while new sessions
+  // are added (a rule may start sessions while another holds a slot).
+  std::vector<std::unique_ptr<Slot>> slots_;
+  Slot& slot(std::size_t index) { return *slots_[index]; }
+  const Slot& slot(std::size_t index) const { return *slots_[index]; }
   std::vector<std::uint32_t> free_slots_;
   std::uint32_t idle_head_ = kNil;  // most recently idle
   std::uint32_t idle_tail_ = kNil;  // longest idle

@@ -47,6 +47,7 @@ class WaitQueue {
   bool empty() const { return order_.empty(); }
   std::size_t size() const { return order_.size(); }
   Waiter* front() { return order_.empty() ? nullptr : &slots_[order_[0]]; }
+  const Waiter* front() const { return order_.empty() ? nullptr : &slots_[order_[0]]; }
   Waiter* earliest_deadline() { return by_deadline_.empty() ? nullptr : &slots_[by_deadline_[0]]; }
   // Waiters ahead of `w` in service order (O(n)).
   int ahead_of(const Waiter& w) const;
