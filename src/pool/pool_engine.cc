@@ -260,7 +260,7 @@ class PoolEngine {
   // rejections answer waiters (woken after the lock is released); session
   // work goes to the workers, or runs here once they are gone.
   void flush(Lock& lock) {
-    wake_.clear();
+    std::vector<std::atomic<std::uint32_t>*> wake;  // parked waiters to wake once unlocked
     bool again = true;
     while (again) {
       again = false;
@@ -278,7 +278,7 @@ class PoolEngine {
               record->result = std::unexpected(std::move(a.error));
             }
             if (record->state.exchange(kAnswered, std::memory_order_acq_rel) == kParked) {
-              wake_.push_back(&record->state);
+              wake.push_back(&record->state);
             }
             break;
           }
@@ -290,7 +290,7 @@ class PoolEngine {
             while (was != kAnswered && was != kWoken &&
                    !state.compare_exchange_weak(was, kWoken, std::memory_order_acq_rel)) {
             }
-            if (was == kParked) wake_.push_back(&state);
+            if (was == kParked) wake.push_back(&state);
             break;
           }
           default:
@@ -312,13 +312,10 @@ class PoolEngine {
       }
     }
     if (!jobs_.empty()) work_cv_.notify_one();
-    if (!wake_.empty()) {
-      std::vector<std::atomic<std::uint32_t>*> wake;
-      wake.swap(wake_);
+    if (!wake.empty()) {
       lock.unlock();
       for (auto* w : wake) futex_wake(w);
       lock.lock();
-      if (wake_.empty()) wake_.swap(wake);
     }
   }
 
@@ -470,7 +467,6 @@ class PoolEngine {
   std::vector<std::uint8_t> handed_out_;  // by slot: a Lease holds the object
   std::vector<std::uint8_t> destroy_on_return_;
   std::unordered_map<core::WaiterId, WaitRecord*> waiters_;
-  std::vector<std::atomic<std::uint32_t>*> wake_;
   std::deque<core::Action> jobs_;
   std::vector<std::thread> workers_;
   std::once_flag shutdown_once_;
