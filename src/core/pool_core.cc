@@ -586,7 +586,7 @@ std::expected<AcquireOutcome, Error> PoolCore::acquire(const AcquireRequest& r, 
     }
   }
   if (s == nullptr && config_.handoff_after.count() > 0 && !queue_.empty()) {
-    dispatch(now, out);  // a waiter that waited long enough goes first
+    dispatch(now, out, /*trim=*/false);  // a waiter that waited long enough goes first
   }
   if (s == nullptr && !overtaking_blocked(r.priority, now)) {
     bool hit = false;
@@ -598,6 +598,7 @@ std::expected<AcquireOutcome, Error> PoolCore::acquire(const AcquireRequest& r, 
     o.granted = true;
     o.grant = lease_to(*s, r, now, now, &out);
     if (config_.min_idle > 0) ensure_capacity(now, out);
+    if (config_.handoff_after.count() > 0) trim_idle(now, out);  // held for waiters now served
     return o;
   }
 
@@ -657,13 +658,12 @@ Duration PoolCore::predict_wait(int position) const {
 }
 
 std::expected<void, Error> PoolCore::cancel(WaiterId waiter, TimePoint now, Output& out) {
-  (void)now;
-  (void)out;
   if (queue_.find(waiter) == nullptr) {
     return std::unexpected(Error(ErrorCode::kUnknownWaiter, "no such waiter is queued"));
   }
   queue_.remove(waiter);
   ++counters_.cancellations;
+  trim_idle(now, out);  // a session held for it may no longer be wanted
   return {};
 }
 
@@ -738,6 +738,7 @@ std::expected<void, Error> PoolCore::release(LeaseId lease, std::optional<std::s
   }
   make_idle(s, now, out);
   if (s.state == SessionState::kClosing) ensure_capacity(now, out);
+  if (config_.handoff_after.count() > 0) trim_idle(now, out);  // held for waiters now served
   return {};
 }
 
@@ -774,9 +775,10 @@ void PoolCore::retry(WaiterId waiter, TimePoint now, Output& out) {
     if (Slot* s = take_idle_for(r, now, out, &hit); s != nullptr) grant_to(*w, *s, now, out);
   }
   if (!queue_.empty() && idle_unreserved_ > 0) dispatch(now, out);
+  trim_idle(now, out);  // sessions held for waiters who are now served
 }
 
-void PoolCore::dispatch(TimePoint now, Output& out) {
+void PoolCore::dispatch(TimePoint now, Output& out, bool trim) {
   while (!queue_.empty() && idle_unreserved_ > 0) {
     Waiter* w = queue_.front();
     if (config_.handoff_after.count() > 0 && now - w->enqueued_at < config_.handoff_after) {
@@ -800,7 +802,11 @@ void PoolCore::dispatch(TimePoint now, Output& out) {
     if (s == nullptr) break;
     grant_to(*w, *s, now, out);
   }
-  if (!queue_.empty()) ensure_capacity(now, out);
+  if (!queue_.empty()) {
+    ensure_capacity(now, out);
+  } else if (trim && config_.handoff_after.count() > 0) {
+    trim_idle(now, out);  // sessions held for waiters who are now served
+  }
 }
 
 void PoolCore::ensure_capacity(TimePoint now, Output& out) {
@@ -815,7 +821,9 @@ void PoolCore::ensure_capacity(TimePoint now, Output& out) {
   const int coming = by_state_[static_cast<int>(SessionState::kStarting)] +
                      by_state_[static_cast<int>(SessionState::kChecking)];
   const int demand = static_cast<int>(queue_.size()) + unassigned_reservations;
-  const int for_demand = demand - coming;
+  // Idle sessions cover waiters too (with handoff_after one may be held for a
+  // woken waiter; with strict handoff none is idle while waiters queue).
+  const int for_demand = demand - coming - idle_unreserved_;
   const int for_idle = config_.min_idle - (idle_unreserved_ + coming - demand);
   const int for_floor = floor() - live_;
   const int want = std::max({for_demand, for_idle, for_floor});
@@ -851,6 +859,7 @@ void PoolCore::reject_all(ErrorCode code, std::string_view why, int below_priori
     if (w.priority < below_priority) ids.push_back(w.id);
   });
   for (WaiterId id : ids) reject_waiter(id, Error(code, std::string(why)), now, out);
+  trim_idle(now, out);
 }
 
 void PoolCore::maybe_finish_drain(TimePoint now, Output& out) {
@@ -962,8 +971,24 @@ void PoolCore::check_result(SessionId session, bool healthy, TimePoint now, Outp
 // ---------------------------------------------------------------------------
 // time
 
-void PoolCore::tick(TimePoint now, Output& out) {
-  // Waiters whose deadline passed.
+// Idle sessions nobody waits for close while the pool is above max (overflow)
+// or above a scale-down target. Sessions usually leave on their way back
+// (retire_if_unneeded); this catches those that went idle while waiters
+// queued and the waiters then left (handoff_after).
+void PoolCore::trim_idle(TimePoint now, Output& out) {
+  if (!queue_.empty()) return;
+  while (idle_tail_ != kNil && live_ > config_.max) {
+    stop_session(slot(idle_tail_), StopReason::kOverflow, now, out);
+  }
+  while (shrinking_ && idle_tail_ != kNil && live_ > target_ &&
+         idle_unreserved_ > config_.min_idle) {
+    stop_session(slot(idle_tail_), StopReason::kScaledDown, now, out);
+  }
+  if (shrinking_ && live_ <= target_) shrinking_ = false;
+}
+
+// Waiters whose deadline passed are answered with acquire_timeout.
+void PoolCore::expire_waiters(TimePoint now, Output& out) {
   while (Waiter* w = queue_.earliest_deadline()) {
     if (w->deadline > now) break;
     std::string message = "no session became free before the deadline";
@@ -972,6 +997,10 @@ void PoolCore::tick(TimePoint now, Output& out) {
     }
     reject_waiter(w->id, Error(ErrorCode::kAcquireTimeout, std::move(message)), now, out);
   }
+}
+
+void PoolCore::tick(TimePoint now, Output& out) {
+  expire_waiters(now, out);
 
   // With handoff_after, a waiter may now have waited long enough to be owed a free session.
   if (!queue_.empty() && idle_unreserved_ > 0) dispatch(now, out);
@@ -1005,6 +1034,8 @@ void PoolCore::tick(TimePoint now, Output& out) {
   }
 
   expire_reservations(now, out);  // before the idle timeout: returned sessions count as idle
+
+  trim_idle(now, out);
 
   // Idle timeout: longest idle first, keeping the warm size and min_idle spares.
   if (config_.idle_timeout.count() > 0) {
@@ -1045,6 +1076,10 @@ TimePoint PoolCore::next_due() const {
   }
   for (const auto& [id, r] : reservations_) due = std::min(due, r->expires_at);
   if (!clients_.empty()) due = std::min(due, next_cleanup_);
+  if (config_.handoff_after.count() > 0 && !queue_.empty() && idle_unreserved_ > 0) {
+    // The first waiter becomes owed the free session: a tick hands it over.
+    due = std::min(due, queue_.front()->enqueued_at + config_.handoff_after);
+  }
   return due;
 }
 
@@ -1058,9 +1093,12 @@ std::expected<void, Error> PoolCore::scale(int target, TimePoint now, Output& ou
                                      "), got " + std::to_string(target)));
   }
   target_ = target;
+  expire_waiters(now, out);  // so waiters past their deadline count for nothing below
   // Idle sessions above the target close now (longest idle first, keeping
   // min_idle spares); busy ones when they come back (make_idle).
-  while (live_ > target_ && idle_tail_ != kNil && idle_unreserved_ > config_.min_idle) {
+  // Idle sessions may be held for waiters (handoff_after): keep those.
+  const int keep_idle = std::max(config_.min_idle, static_cast<int>(queue_.size()));
+  while (live_ > target_ && idle_tail_ != kNil && idle_unreserved_ > keep_idle) {
     stop_session(slot(idle_tail_), StopReason::kScaledDown, now, out);
   }
   shrinking_ = live_ > target_;
@@ -1170,6 +1208,8 @@ std::expected<ReservationInfo, Error> PoolCore::reserve(std::string_view owner,
   reservations_.emplace(id, std::move(r));
   emit(out, EventType::kReservationCreated, now, info.session, 0, info.owner,
        static_cast<std::int64_t>(id));
+  if (info.session != 0) give_to_reservation(*find(info.session), now, out);  // a waiting owner
+  if (config_.handoff_after.count() > 0) trim_idle(now, out);  // held for waiters now served
   ensure_capacity(now, out);
   info.session = reservations_[id]->session;
   return info;

@@ -202,7 +202,9 @@ class PoolCore {
   void set_state(Slot& s, SessionState state);
 
   // queue and capacity
-  void dispatch(TimePoint now, Output& out);
+  // Serves waiters from idle sessions; `trim` closes idle sessions left above
+  // max or a scale-down target once nobody waits.
+  void dispatch(TimePoint now, Output& out, bool trim = true);
   void ensure_capacity(TimePoint now, Output& out);
   void reject_waiter(WaiterId id, Error error, TimePoint now, Output& out);
   void reject_all(ErrorCode code, std::string_view why, int below_priority, TimePoint now,
@@ -222,6 +224,8 @@ class PoolCore {
   Slot* reserved_idle_for(std::string_view owner);
   int floor() const;
   void maybe_finish_drain(TimePoint now, Output& out);
+  void trim_idle(TimePoint now, Output& out);
+  void expire_waiters(TimePoint now, Output& out);
   void emit(Output& out, EventType type, TimePoint now, SessionId session = 0, LeaseId lease = 0,
             std::string detail = {}, std::int64_t value = 0);
 
@@ -281,9 +285,9 @@ class PoolCore {
   static_assert(sizeof(Modes) == 4);
   Modes modes_;
   bool drain_announced_ = false;
-  bool fast_paths_ = false;
-  int batch_depth_ = 0;
-  WaiterId woken_ = 0;  // the waiter woken by kWake that has not retried yet  // >0: capacity is settled once at the end of a batch  // the config allows try_acquire_fast / try_release_fast
+  bool fast_paths_ = false;  // the config allows try_acquire_fast / try_release_fast
+  int batch_depth_ = 0;      // >0: capacity is settled once at the end of a batch
+  WaiterId woken_ = 0;       // the waiter woken by kWake that has not retried yet
 
   struct StringHash {
     using is_transparent = void;

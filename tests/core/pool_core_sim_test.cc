@@ -9,6 +9,17 @@
 // its own model of sessions, pending actions, leases and waiters, and checks
 // the rules after every step. Some seeds run several cores on one SharedCap.
 //
+// About a third of the seeds relax handoff (handoff_after 0.5..50 ms): a freed
+// session is held for a waiter that has waited less than that (kWake, one at a
+// time), a new acquire of at least its priority may overtake it, and the shell
+// retries woken waiters (eagerly, lazily or never, per seed) and sometimes
+// calls retry() for waiters that were not woken or were answered. Checked: the
+// wake names the queued front and is never doubled; overtaking never passes a
+// higher priority or a front that has waited handoff_after; such a front is
+// served by the next dispatch (release, acquire, retry, tick) when a session
+// is free; a woken waiter that retries gets a free session; next_due() covers
+// the moment a held session becomes owed.
+//
 // A failure prints the seed, the configuration, the last operations and a
 // minimized operation sequence that still breaks the same rule.
 //
@@ -153,6 +164,9 @@ struct SimSetup {
   std::vector<PoolConfig> configs;      // one per core
   std::vector<int> start_fail_percent;  // per core
   std::vector<int> check_fail_percent;  // per core
+  // handoff_after > 0: how eagerly the shell retries a woken waiter (weight of
+  // the op; 0: woken waiters never retry and must be served by a tick).
+  std::vector<int> retry_weight;  // per core
   int cap_limit = 0;                    // 0: no shared cap
   int ops = 0;
 };
@@ -229,6 +243,19 @@ SimSetup make_setup(std::uint64_t seed) {
     s.check_fail_percent.push_back(static_cast<int>(r.below(30)));
   }
   if (cap) s.cap_limit = 1 + static_cast<int>(r.below(room));
+  // About a third of the seeds relax handoff (handoff_after > 0). Drawn from a
+  // generator of their own, so the rest of each seed's setup is as before.
+  Random h(seed * 0xd1342543de82ef95ULL + 0x4a0d);
+  const bool handoff = h.below(3) == 0;
+  constexpr std::array<int, 4> kRetryWeight = {0, 15, 60, 200};
+  for (PoolConfig& c : s.configs) {
+    const auto range = h.below(3);
+    const auto lo = range == 0 ? 500us : range == 1 ? 2ms : 10ms;
+    const auto hi = range == 0 ? 2ms : range == 1 ? 10ms : 50ms;
+    const Duration after = span(h.next(), lo, hi);
+    if (handoff) c.handoff_after = after;
+    s.retry_weight.push_back(kRetryWeight[h.below(kRetryWeight.size())]);
+  }
   // Many short runs and some long ones: pools grow (and reallocate) early in a run.
   s.ops = r.below(2) == 0 ? 100 + static_cast<int>(r.below(900))
                           : 1000 + static_cast<int>(r.below(5001));
@@ -252,7 +279,8 @@ std::string describe(const PoolConfig& c) {
              " cleanup_interval=", ms(c.client_session_cleanup_interval),
              " cleanup_batch=", c.client_session_cleanup_batch,
              " max_client_sessions=", c.max_client_sessions,
-             " max_document=", c.max_client_session_document, " lease_events=", c.lease_events);
+             " max_document=", c.max_client_session_document, " lease_events=", c.lease_events,
+             " handoff_after=", ms(c.handoff_after));
 }
 
 std::string describe(const SimSetup& s) {
@@ -260,7 +288,10 @@ std::string describe(const SimSetup& s) {
                         s.cap_limit > 0 ? cat(", shared cap ", s.cap_limit) : std::string(), "\n");
   for (std::size_t i = 0; i < s.configs.size(); ++i) {
     out += cat("  core", i, ": ", describe(s.configs[i]), " start_fail%=", s.start_fail_percent[i],
-               " check_fail%=", s.check_fail_percent[i], "\n");
+               " check_fail%=", s.check_fail_percent[i],
+               s.configs[i].handoff_after.count() > 0 ? cat(" retry_weight=", s.retry_weight[i])
+                                                      : std::string(),
+               "\n");
   }
   return out;
 }
@@ -297,6 +328,8 @@ enum class OpKind : std::uint8_t {
   kPutClientSession,
   kDeleteClientSession,
   kShutdown,
+  kRetryWoken,  // the waiter woken by kWake tries again (handoff_after > 0)
+  kRetryOther,  // retry() for a waiter that was not woken, was answered, or never existed
   kCount,
 };
 constexpr int kOpKinds = static_cast<int>(OpKind::kCount);
@@ -338,6 +371,7 @@ struct WaiterModel {
   std::string owner;
   std::string client;
   Duration lease_timeout{0};
+  TimePoint queued{};  // when it was queued: handoff_after counts from here
 };
 
 bool served_before(const WaiterModel& a, const WaiterModel& b) {
@@ -359,6 +393,7 @@ struct CoreModel {
   PoolConfig cfg;
   int start_fail_percent = 0;
   int check_fail_percent = 0;
+  int retry_weight = 0;
   std::unique_ptr<PoolCore> core;
 
   std::map<SessionId, SessionModel> sessions;  // everything the shell holds a resource for
@@ -377,6 +412,9 @@ struct CoreModel {
   std::unordered_set<WaiterId> answered;
   std::deque<WaiterId> answered_recent;
   std::uint64_t next_seq = 0;
+  // handoff_after: the waiter the last kWake named. Its wake is outstanding
+  // while it is queued and has not called retry().
+  WaiterId woken = 0;
 
   bool paused = false;
   bool draining = false;
@@ -423,6 +461,7 @@ class Sim {
       m.cfg = setup.configs[i];
       m.start_fail_percent = setup.start_fail_percent[i];
       m.check_fail_percent = setup.check_fail_percent[i];
+      m.retry_weight = setup.retry_weight[i];
       auto core =
           PoolCore::create(m.cfg, {.seed = setup.seed * 31 + i + 1, .shared_cap = cap_.get()});
       if (!core) fail("config_rejected", cat("core", i, ": ", core.error().message));
@@ -476,6 +515,7 @@ class Sim {
     SessionId exited = 0;  // the session reported exited by this input
     int immediate_grants = 0;
     int releases = 0;
+    WaiterId fresh = 0;  // queued by this input after the core dispatched (not in its queue then)
   };
 
   TimePoint now() const { return clock_.now(); }
@@ -483,6 +523,8 @@ class Sim {
 
   void begin(std::string text) {
     line_ = cat("#", ++executed_, " ", at(now()), " ", std::move(text));
+    dispatched_ = false;
+    woke_ = false;
   }
   template <class... A>
   void note(const A&... a) {
@@ -519,6 +561,7 @@ class Sim {
   void do_cancel_reservation(int ci, const Op& op);
   void do_put_client(int ci, const Op& op);
   void do_delete_client(int ci, const Op& op);
+  void do_retry(int ci, const Op& op, bool woken);
   void release_lease(int ci, std::size_t index, std::optional<std::string_view> owner,
                      ReleaseOutcome outcome);
 
@@ -535,6 +578,31 @@ class Sim {
   bool ready(const CoreModel& m, const SessionInfo& si) const;
   void check_stop_reason(const CoreModel& m, SessionId id, const SessionModel& s,
                          StopReason reason);
+
+  // --- handoff_after
+  // The waiter the core serves first, leaving out `skip` and `also` (waiters
+  // this input granted or queued after the core dispatched); null when none.
+  const WaiterModel* front_of(const CoreModel& m, WaiterId skip = 0,
+                              const std::vector<WaiterId>* also = nullptr) const;
+  // The waiter named by the last kWake is queued and has not retried.
+  bool wake_outstanding(const CoreModel& m) const;
+  // The front has waited less than handoff_after (so it may be overtaken).
+  bool fresh(const CoreModel& m, const WaiterModel& w) const {
+    return m.cfg.handoff_after.count() > 0 && now() - w.queued < m.cfg.handoff_after;
+  }
+  // May a request of `priority` take an idle session while `front` waits?
+  // Strict handoff: never. handoff_after: when `front` is fresh and does not
+  // outrank it.
+  bool may_overtake(const CoreModel& m, const WaiterModel* front, int priority) const {
+    return front == nullptr || (fresh(m, *front) && priority >= front->priority);
+  }
+  bool ready_unreserved_idle(const CoreModel& m) const;
+  // The input under way just made a session free for the queue: the core ran
+  // its dispatch after it, so a front that waited handoff_after is served.
+  void mark_dispatched(bool wakes) {
+    dispatched_ = true;
+    woke_ = woke_ || wakes;
+  }
 
   // --- rules
   void check_core(int ci, bool ticked);
@@ -559,6 +627,11 @@ class Sim {
   OpKind current_ = OpKind::kCount;
   ReleaseOutcome current_outcome_ = ReleaseOutcome::kOk;
   bool current_healthy_ = true;
+  // handoff_after: the input under way ran the core's dispatch with the queue
+  // as it is now (a front that waited handoff_after must have been served),
+  // and, with `woke_`, a fresh front facing a free session must have a wake.
+  bool dispatched_ = false;
+  bool woke_ = false;
 };
 
 // ----------------------------------------------------------------------------
@@ -604,6 +677,11 @@ Op Sim::generate(Random& r, int remaining, int total) {
   set(OpKind::kPutClientSession, 8);
   set(OpKind::kDeleteClientSession, 4);
   set(OpKind::kShutdown, remaining * 25 < total ? 3 : 0);
+  const bool woken = wake_outstanding(m);
+  set(OpKind::kRetryWoken, woken ? m.retry_weight : 0);
+  // Mostly harmless no-ops; while a session is held for a woken front, a
+  // queued waiter's retry may also pass it like a new acquire.
+  set(OpKind::kRetryOther, woken ? 40 : 3);
   int sum = 0;
   for (int x : w) sum += x;
   int pick = static_cast<int>(r.below(static_cast<std::uint64_t>(sum)));
@@ -745,6 +823,29 @@ bool Sim::ready(const CoreModel& m, const SessionInfo& si) const {
   return true;
 }
 
+const WaiterModel* Sim::front_of(const CoreModel& m, WaiterId skip,
+                                 const std::vector<WaiterId>* also) const {
+  const WaiterModel* best = nullptr;
+  for (const WaiterModel& w : m.waiters) {
+    if (w.id == skip) continue;
+    if (also != nullptr && std::find(also->begin(), also->end(), w.id) != also->end()) continue;
+    if (best == nullptr || served_before(w, *best)) best = &w;
+  }
+  return best;
+}
+
+bool Sim::wake_outstanding(const CoreModel& m) const {
+  return m.woken != 0 && std::any_of(m.waiters.begin(), m.waiters.end(),
+                                     [&](const WaiterModel& w) { return w.id == m.woken; });
+}
+
+bool Sim::ready_unreserved_idle(const CoreModel& m) const {
+  for (const SessionInfo& si : m.core->sessions(now())) {
+    if (!si.reserved && ready(m, si)) return true;
+  }
+  return false;
+}
+
 // A stop names a reason that holds for the session and the input under way.
 void Sim::check_stop_reason(const CoreModel& m, SessionId id, const SessionModel& s,
                             StopReason reason) {
@@ -816,9 +917,12 @@ bool has_check(const Output& out, SessionId s) {
     return a.type == ActionType::kCheckSession && a.session == s;
   });
 }
-bool has_any_stop(const Output& out) {
-  return std::any_of(out.actions.begin(), out.actions.end(),
-                     [](const Action& a) { return a.type == ActionType::kStopSession; });
+// With handoff_after a tick may hand an idle session to a waiter that has
+// waited long enough (before the idle timeout runs).
+bool has_grant(const Output& out, SessionId s) {
+  return std::any_of(out.actions.begin(), out.actions.end(), [&](const Action& a) {
+    return a.type == ActionType::kGrant && a.grant.session == s;
+  });
 }
 bool has_event(const Output& out, EventType type, const LeaseModel& l) {
   return std::any_of(out.events.begin(), out.events.end(), [&](const Event& e) {
@@ -875,8 +979,15 @@ void Sim::absorb(int ci, const Output& out, const Effects& fx) {
     m.leases.erase(m.leases.begin() + static_cast<std::ptrdiff_t>(i));
   }
 
-  std::vector<std::pair<WaiterModel, SessionId>> granted;
+  // A queued waiter's grant, and whether it may have passed waiters ahead of it.
+  struct Served {
+    WaiterModel w;
+    SessionId session = 0;
+    bool overtook = false;  // handoff_after: granted on retry ahead of a fresh front it matches
+  };
+  std::vector<Served> granted;
   int grants = fx.immediate_grants;
+  SessionId overflow_start = 0;  // a session started beyond max by this input
   for (const Action& a : out.actions) {
     switch (a.type) {
       case ActionType::kStartSession: {
@@ -891,6 +1002,7 @@ void Sim::absorb(int ci, const Output& out, const Effects& fx) {
         m.sessions.emplace(a.session, SessionModel{});
         note(" | start ", sid(a.session));
         seen("action start");
+        if (static_cast<int>(m.sessions.size()) > m.cfg.max) overflow_start = a.session;
         if (static_cast<int>(m.sessions.size()) > m.cfg.max && m.waiters.empty()) {
           const auto list = m.core->reservations();
           const bool waiting = std::any_of(list.begin(), list.end(),
@@ -938,18 +1050,67 @@ void Sim::absorb(int ci, const Output& out, const Effects& fx) {
         break;
       }
       case ActionType::kGrant: {
+        // The front as the core saw it when it granted (earlier actions applied).
+        const WaiterModel* front = front_of(m, fx.fresh);
+        bool overtook = false;
+        if (front != nullptr && front->id != a.waiter) {
+          auto it = std::find_if(m.waiters.begin(), m.waiters.end(),
+                                 [&](const WaiterModel& x) { return x.id == a.waiter; });
+          overtook = it != m.waiters.end() && m.cfg.handoff_after.count() > 0 &&
+                     may_overtake(m, front, it->priority);
+        }
+        const bool was_woken = a.waiter == m.woken && wake_outstanding(m);
         WaiterModel w = take_waiter(m, a.waiter, "kGrant");
         take_grant(m, a.grant, w.owner, w.client, w.lease_timeout, false);
         note(" | grant ", wname(m, w.id), " ", lname(m, a.grant.lease), " ", sid(a.grant.session));
-        granted.emplace_back(std::move(w), a.grant.session);
+        if (m.cfg.handoff_after.count() > 0) {
+          if (was_woken) {
+            m.woken = 0;
+            seen(current_ == OpKind::kTickOne ? "handoff: woken waiter granted by tick, no retry"
+                                              : "handoff: woken waiter granted, no retry");
+          }
+          if (t - w.queued >= m.cfg.handoff_after) seen("handoff: owed waiter granted");
+        }
+        granted.push_back({std::move(w), a.grant.session, overtook});
         ++grants;
         seen("action grant");
         break;
       }
-      case ActionType::kWake:
-        // The simulated configs keep strict handoff (handoff_after = 0);
-        // pool_core_handoff_test.cc covers the other mode.
-        fail("unexpected_wake", cat("kWake for ", wname(m, a.waiter), " with strict handoff"));
+      case ActionType::kWake: {
+        if (m.cfg.handoff_after.count() == 0) {
+          fail("unexpected_wake", cat("kWake for ", wname(m, a.waiter), " with strict handoff"));
+        }
+        auto it = std::find_if(m.waiters.begin(), m.waiters.end(),
+                               [&](const WaiterModel& x) { return x.id == a.waiter; });
+        if (it == m.waiters.end()) {
+          soft_fail("wake_unqueued_waiter",
+                    cat("kWake for ", wname(m, a.waiter),
+                        m.answered.count(a.waiter) != 0 ? ", which was already answered"
+                                                        : ", which was never queued"));
+          note(" | wake ", wname(m, a.waiter), " (not queued)");
+          break;
+        }
+        if (wake_outstanding(m)) {
+          soft_fail(m.woken == a.waiter ? "wake_repeated" : "two_wakes",
+                    cat("kWake for ", wname(m, a.waiter), " while the wake of ",
+                        wname(m, m.woken), " is outstanding (it has not retried)"));
+        }
+        const WaiterModel* front = front_of(m, fx.fresh);
+        if (front != nullptr && front->id != a.waiter) {
+          soft_fail("wake_not_front", cat("kWake for ", wname(m, a.waiter), " (priority ",
+                                          it->priority, "), but ", wname(m, front->id),
+                                          " (priority ", front->priority, ") is first"));
+        }
+        if (t - it->queued >= m.cfg.handoff_after) {
+          soft_fail("wake_instead_of_grant",
+                    cat(wname(m, a.waiter), " has waited ", ms(t - it->queued), " (handoff_after ",
+                        ms(m.cfg.handoff_after), ") and was woken instead of granted"));
+        }
+        m.woken = a.waiter;
+        note(" | wake ", wname(m, a.waiter));
+        seen("action wake");
+        break;
+      }
       case ActionType::kReject: {
         WaiterModel w = take_waiter(m, a.waiter, "kReject");
         bool fits = false;
@@ -995,6 +1156,25 @@ void Sim::absorb(int ci, const Output& out, const Effects& fx) {
     }
   }
 
+  // Overflow is started for demand only: waiters (and reservations waiting for
+  // a session) not covered by a session on its way or an idle one. With
+  // handoff_after an idle session held for a woken waiter covers it.
+  if (overflow_start != 0 && !m.waiters.empty()) {
+    int idle = 0, coming = 0;
+    for (const SessionInfo& si : m.core->sessions(t)) {
+      idle += si.state == SessionState::kIdle && !si.reserved ? 1 : 0;
+      coming += si.state == SessionState::kStarting || si.state == SessionState::kChecking ? 1 : 0;
+    }
+    int demand = static_cast<int>(m.waiters.size());
+    for (const ReservationInfo& ri : m.core->reservations()) demand += ri.session == 0 ? 1 : 0;
+    if (idle > 0 && idle + coming > demand) {
+      soft_fail("overflow_start_while_idle",
+                cat("started ", sid(overflow_start), " beyond max ", m.cfg.max, " for ", demand,
+                    " waiting while ", idle, " unreserved sessions are idle and ", coming,
+                    " on their way"));
+    }
+  }
+
   // A warm session is not closed only to start another one at once.
   bool closed_warm = false, started = false;
   for (const Action& a : out.actions) {
@@ -1004,7 +1184,7 @@ void Sim::absorb(int ci, const Output& out, const Effects& fx) {
   }
   if (closed_warm && started)
     soft_fail("churn", "one input closed an idle session and started a new one");
-  for (const auto& [w, session] : granted) {
+  for (const auto& [w, session, overtook] : granted) {
     auto info = m.core->session(session, t);
     if (info.has_value() && info->health < m.cfg.health_check_below) {
       soft_fail("granted_unhealthy", cat(sid(session), " with health ", info->health,
@@ -1013,12 +1193,19 @@ void Sim::absorb(int ci, const Output& out, const Effects& fx) {
   }
 
   // Service order: a waiter served from the queue has nobody ahead of it left
-  // waiting (reserved sessions go to their owner's waiters instead).
-  for (const auto& [w, session] : granted) {
+  // waiting (reserved sessions go to their owner's waiters instead). With
+  // handoff_after, a waiter that retries may pass the front (and those behind
+  // it) like a new acquire: only while the front has waited less than
+  // handoff_after and does not outrank it.
+  for (const auto& [w, session, overtook] : granted) {
     auto info = m.core->session(session, t);
     if (info.has_value() && info->reserved) continue;
+    if (overtook) {
+      seen("handoff: retry passed a fresh front");
+      continue;
+    }
     for (const WaiterModel& v : m.waiters) {
-      if (v.deadline > t && served_before(v, w)) {
+      if (v.id != fx.fresh && v.deadline > t && served_before(v, w)) {
         soft_fail("priority_order",
                   cat(wname(m, w.id), " (priority ", w.priority, ") was served before ",
                       wname(m, v.id), " (priority ", v.priority, "), which is ahead of it"));
@@ -1145,6 +1332,10 @@ void Sim::step(const Op& op) {
     case OpKind::kDeleteClientSession:
       do_delete_client(ci, op);
       break;
+    case OpKind::kRetryWoken:
+    case OpKind::kRetryOther:
+      do_retry(ci, op, op.kind == OpKind::kRetryWoken);
+      break;
     case OpKind::kCount:
       break;
   }
@@ -1208,6 +1399,37 @@ void Sim::do_acquire(int ci, const Op& op) {
   auto result = m.core->acquire(request, t, out);
   Effects fx;
   const std::vector<ErrorCode> refused = refusals(m, priority);
+  // With handoff_after the core first hands free sessions to a front that has
+  // waited that long (kGrant actions in `out`); then this acquire may take an
+  // idle session only past a fresh front that does not outrank it.
+  std::vector<WaiterId> served;
+  std::set<SessionId> taken;
+  for (const Action& a : out.actions) {
+    if (a.type != ActionType::kGrant) continue;
+    served.push_back(a.waiter);
+    taken.insert(a.grant.session);
+  }
+  const bool handoff = m.cfg.handoff_after.count() > 0;
+  const WaiterModel* front = front_of(m, 0, &served);
+  // Waiting when the acquire was decided (those it dispatched to are gone).
+  const int waiting = static_cast<int>(m.waiters.size() - served.size());
+  const bool may_pass = may_overtake(m, front, priority);
+  if (!taken.empty()) {
+    idle_for_me = false;
+    for (const SessionInfo& si : before) {
+      if (ready(m, si) && (!si.reserved || si.reserved_for == owner) && taken.count(si.id) == 0)
+        idle_for_me = true;
+    }
+  }
+  // An idle session this acquire may not take: the front keeps it (woken to retry).
+  const bool held_for_front = handoff && !may_pass;
+  // Unless refused up front or served from its owner's reservation, the acquire
+  // ran the core's dispatch first (the fast path runs only when nothing is owed).
+  bool got_reserved = false;
+  if (result.has_value() && result->granted) {
+    for (const SessionInfo& si : before) got_reserved |= si.id == result->grant.session && si.reserved;
+  }
+  if (!invalid && refused.empty() && !got_reserved) mark_dispatched(false);
   if (invalid || !refused.empty()) {
     if (result.has_value()) {
       fail(
@@ -1228,18 +1450,19 @@ void Sim::do_acquire(int ci, const Op& op) {
   } else if (!result.has_value()) {
     const ErrorCode code = result.error().code;
     const bool fits =
-        (code == ErrorCode::kQueueFull && static_cast<int>(m.waiters.size()) >= m.cfg.max_queue) ||
+        (code == ErrorCode::kQueueFull && waiting >= m.cfg.max_queue) ||
         (code == ErrorCode::kAcquireTimeout && deadline <= t) ||
         (code == ErrorCode::kDeadlineUnreachable && m.cfg.early_reject &&
          deadline != TimePoint::max());
     if (!fits) {
       fail("acquire_refused",
            cat("acquire refused with ", code_name(code), ": ", result.error().message, " (queue ",
-               m.waiters.size(), "/", m.cfg.max_queue, ")"));
+               waiting, "/", m.cfg.max_queue, ")"));
     }
-    if (idle_for_me)
+    if (idle_for_me && !held_for_front)
       fail("refused_despite_idle",
            cat("acquire refused with ", code_name(code), " while a session was idle"));
+    if (idle_for_me) seen("handoff: acquire refused, idle session held for the front");
     if (code == ErrorCode::kAcquireTimeout) ++m.immediate_timeouts;
     if (code != ErrorCode::kAcquireTimeout) ++m.rejections;
     if (code == ErrorCode::kDeadlineUnreachable && result.error().retry_after.count() <= 0) {
@@ -1266,7 +1489,27 @@ void Sim::do_acquire(int ci, const Op& op) {
                     " was handed out without a check (validate_after_idle ",
                     ms(m.cfg.validate_after_idle), ")"));
     }
-    if (affinity != 0 && affinity != g.session && !owner_reserved) {
+    if (!was->reserved && front != nullptr) {
+      // Overtaking: only past a front that waited less than handoff_after and
+      // does not outrank this acquire.
+      if (!handoff) {
+        soft_fail("granted_past_queue", cat("acquire got ", sid(g.session), " while ",
+                                            wname(m, front->id), " waits (strict handoff)"));
+      } else if (priority < front->priority) {
+        soft_fail("overtook_higher_priority",
+                  cat("acquire of priority ", priority, " got ", sid(g.session), " ahead of ",
+                      wname(m, front->id), " (priority ", front->priority, ", waited ",
+                      ms(t - front->queued), ")"));
+      } else if (!fresh(m, *front)) {
+        soft_fail("overtook_owed_waiter",
+                  cat("acquire got ", sid(g.session), " ahead of ", wname(m, front->id),
+                      ", which has waited ", ms(t - front->queued), " (handoff_after ",
+                      ms(m.cfg.handoff_after), ")"));
+      } else {
+        seen("handoff: acquire overtook a fresh waiter");
+      }
+    }
+    if (affinity != 0 && affinity != g.session && !owner_reserved && taken.count(affinity) == 0) {
       auto a = std::find_if(before.begin(), before.end(),
                             [&](const SessionInfo& si) { return si.id == affinity; });
       if (a != before.end() && ready(m, *a) && !a->reserved) {
@@ -1287,18 +1530,20 @@ void Sim::do_acquire(int ci, const Op& op) {
   } else {
     if (deadline < t)
       fail("queued_past_deadline", "an acquire whose deadline had passed was queued");
-    if (static_cast<int>(m.waiters.size()) >= m.cfg.max_queue) {
+    if (waiting >= m.cfg.max_queue) {
       fail("queue_above_max",
-           cat("queued with ", m.waiters.size(), " waiting, max_queue ", m.cfg.max_queue));
+           cat("queued with ", waiting, " waiting, max_queue ", m.cfg.max_queue));
     }
-    if (idle_for_me) fail("queued_despite_idle", "an acquire was queued while a session was idle");
+    if (idle_for_me && !held_for_front)
+      fail("queued_despite_idle", "an acquire was queued while a session was idle");
+    if (idle_for_me) seen("handoff: acquire queued, idle session held for the front");
     if (result->waiter == 0 || m.waiter_no.count(result->waiter) != 0) {
       fail("waiter_id_reused", cat("waiter id ", result->waiter, " was used before"));
     }
     if (result->queue_position < 1 ||
-        result->queue_position > static_cast<int>(m.waiters.size()) + 1) {
+        result->queue_position > waiting + 1) {
       fail("queue_position",
-           cat("queue position ", result->queue_position, " with ", m.waiters.size(), " waiting"));
+           cat("queue position ", result->queue_position, " with ", waiting, " waiting"));
     }
     WaiterModel w;
     w.id = result->waiter;
@@ -1310,6 +1555,8 @@ void Sim::do_acquire(int ci, const Op& op) {
     w.owner = owner;
     w.client = client;
     w.lease_timeout = lease_timeout;
+    w.queued = t;
+    fx.fresh = w.id;
     m.waiters.push_back(w);
     m.waiter_no.emplace(w.id, m.waiter_no.size() + 1);
     note(" -> queued ", wname(m, w.id), " at ", result->queue_position);
@@ -1367,6 +1614,11 @@ void Sim::release_lease(int ci, std::size_t index, std::optional<std::string_vie
     }
     const std::optional<SessionInfo> post = m.core->session(l.session, t);
     const bool closing = !post.has_value() || post->state == SessionState::kClosing;
+    // Back in general use (idle, or granted to the queue at once): the core dispatched.
+    if (post.has_value() && !post->reserved &&
+        (post->state == SessionState::kIdle || post->state == SessionState::kLeased)) {
+      mark_dispatched(true);
+    }
     if (pre.has_value() && post.has_value() && outcome != ReleaseOutcome::kBroken) {
       const int expected = outcome == ReleaseOutcome::kOk
                                ? std::min(100, pre->health + m.cfg.health_success_recovery)
@@ -1520,9 +1772,15 @@ void Sim::do_cancel(int ci, const Op& op) {
          cat("cancel of queued ", wname(m, w.id), " gave ", code_name(result.error().code)));
   take_waiter(m, w.id, "cancel");
   ++m.cancels;
-  if (!out.actions.empty())
-    soft_fail("cancel_emitted_actions",
-              cat("cancel of ", wname(m, w.id), " emitted ", out.actions.size(), " actions"));
+  // A cancel answers nobody; it may only close an idle session it no longer
+  // needs above max or a scale-down target (one held for it with handoff_after).
+  for (const Action& a : out.actions) {
+    if (a.type != ActionType::kStopSession ||
+        (a.reason != StopReason::kOverflow && a.reason != StopReason::kScaledDown)) {
+      soft_fail("cancel_emitted_actions",
+                cat("cancel of ", wname(m, w.id), " emitted an action other than a trim"));
+    }
+  }
   note(" -> ok");
   absorb(ci, out, {});
 }
@@ -1565,6 +1823,11 @@ void Sim::do_complete_start(int ci, std::uint64_t pick, bool success) {
     s.started = t;
     s.last_active = t;
     m.core->session_started(*id, t, out);
+    if (auto post = m.core->session(*id, t); post.has_value() && !post->reserved &&
+                                            (post->state == SessionState::kIdle ||
+                                             post->state == SessionState::kLeased)) {
+      mark_dispatched(true);
+    }
   } else {
     if (!s.stop_pending) {
       ++m.start_failures;
@@ -1607,6 +1870,11 @@ void Sim::do_complete_check(int ci, std::uint64_t pick, bool healthy) {
   }
   Output out;
   m.core->check_result(*id, healthy, now(), out);
+  if (auto post = m.core->session(*id, now()); post.has_value() && !post->reserved &&
+                                              (post->state == SessionState::kIdle ||
+                                               post->state == SessionState::kLeased)) {
+    mark_dispatched(true);
+  }
   absorb(ci, out, {});
   auto it = m.sessions.find(*id);
   if (!healthy && !was_closing && it != m.sessions.end() && !it->second.stop_pending) {
@@ -1703,6 +1971,7 @@ void Sim::do_tick(int ci) {
   const std::vector<ReservationInfo> reservations_before = m.core->reservations();
   Output out;
   m.core->tick(now(), out);
+  mark_dispatched(true);
   Effects fx;
   fx.tick = true;
   absorb(ci, out, fx);
@@ -1718,7 +1987,7 @@ void Sim::do_tick(int ci) {
     if (closed == sessions_before.end()) continue;
     for (const SessionInfo& other : sessions_before) {
       if (other.state != SessionState::kIdle || other.reserved || other.idle <= closed->idle ||
-          has_stop(out, other.id) || has_check(out, other.id))
+          has_stop(out, other.id) || has_check(out, other.id) || has_grant(out, other.id))
         continue;
       soft_fail("idle_timeout_order",
                 cat(sid(a.session), " idle ", ms(closed->idle), " was closed before ",
@@ -1759,7 +2028,9 @@ void Sim::do_scale(int ci, const Op& op) {
       live += si.state != SessionState::kClosing ? 1 : 0;
       idle += si.state == SessionState::kIdle && !si.reserved ? 1 : 0;
     }
-    if (live > target && idle > 0 && m.cfg.min_idle == 0) {
+    int waiting = 0;  // idle sessions may stay for queued waiters (held with handoff_after)
+    for (const WaiterModel& w : m.waiters) waiting += w.deadline > now() ? 1 : 0;
+    if (live > target && idle > waiting && m.cfg.min_idle == 0) {
       soft_fail("scale_left_idle",
                 cat("after scale(", target, "): ", live, " live with ", idle, " idle"));
     }
@@ -1804,8 +2075,16 @@ void Sim::do_control(int ci, OpKind kind) {
       break;
   }
   absorb(ci, out, {});
-  if (kind == OpKind::kPause && has_any_stop(out))
-    fail("pause_stopped_session", "pause stopped a session");
+  // Pause keeps warm sessions; it may only trim idle ones above max or a
+  // scale-down target that were held for the waiters it refused.
+  if (kind == OpKind::kPause) {
+    for (const Action& a : out.actions) {
+      if (a.type == ActionType::kStopSession && a.reason != StopReason::kOverflow &&
+          a.reason != StopReason::kScaledDown) {
+        fail("pause_stopped_session", "pause stopped a session");
+      }
+    }
+  }
   if (kind == OpKind::kShutdown) {
     for (const auto& [id, sm] : m.sessions) {
       if (sm.check_pending && !sm.stop_pending) {
@@ -1967,6 +2246,90 @@ void Sim::do_delete_client(int ci, const Op& op) {
     m.client_leases.erase(id);
   }
   note(" -> ", result.has_value() ? "ok" : code_name(result.error().code));
+}
+
+// retry(): the waiter a kWake named tries again (`woken`), or, harmlessly, a
+// waiter that was not woken, one already answered, or an id never issued.
+void Sim::do_retry(int ci, const Op& op, bool woken) {
+  current_ = woken ? OpKind::kRetryWoken : OpKind::kRetryOther;
+  CoreModel& m = cores_[ci];
+  const TimePoint t = now();
+  WaiterId id = 0;
+  std::string_view what;
+  if (woken) {
+    if (!wake_outstanding(m)) return begin(cat("core", ci, " retry woken: none"));
+    id = m.woken;
+    what = "woken";
+  } else {
+    const auto sel = op.p[0] % 4;
+    if (sel <= 1 && !m.waiters.empty()) {
+      id = m.waiters[op.p[1] % m.waiters.size()].id;
+      if (sel == 1) {
+        // The one most likely to pass the front: the highest priority behind it.
+        const WaiterModel* front = front_of(m);
+        const WaiterModel* best = nullptr;
+        for (const WaiterModel& w : m.waiters) {
+          if (w.id != front->id && (best == nullptr || w.priority > best->priority)) best = &w;
+        }
+        if (best != nullptr) id = best->id;
+      }
+      what = id == m.woken && wake_outstanding(m) ? "woken" : "queued, not woken";
+    } else if (sel <= 2 && !m.answered_recent.empty()) {
+      id = m.answered_recent[op.p[2] % m.answered_recent.size()];
+      what = "answered";
+    } else {
+      id = op.p[3];
+      what = "never queued";
+      if (m.waiter_no.count(id) != 0) return begin(cat("core", ci, " retry unknown: skipped"));
+    }
+  }
+  auto it = std::find_if(m.waiters.begin(), m.waiters.end(),
+                         [&](const WaiterModel& w) { return w.id == id; });
+  const bool queued = it != m.waiters.end();
+  const bool was_woken = queued && id == m.woken;
+  const WaiterModel* front = front_of(m);
+  // What the rules promise a woken waiter: a free session when it is first, or
+  // when it could overtake the front like a new acquire.
+  const bool eligible =
+      queued && (front->id == id || (m.cfg.handoff_after.count() > 0 &&
+                                     may_overtake(m, front, it->priority)));
+  const bool idle = queued && ready_unreserved_idle(m);
+  begin(cat("core", ci, " retry ", wname(m, id), " (", what, ")"));
+  const int count = m.core->session_count();
+  const int length = m.core->queue_length();
+  Output out;
+  m.core->retry(id, t, out);
+  if (id == m.woken) m.woken = 0;  // its wake is used up
+  if (queued) mark_dispatched(true);
+  bool granted = false;
+  for (const Action& a : out.actions) {
+    granted |= a.type == ActionType::kGrant && a.waiter == id;
+    if (a.type == ActionType::kReject) {
+      soft_fail("retry_rejected",
+                cat("retry of ", wname(m, id), " rejected ", wname(m, a.waiter), " with ",
+                    code_name(a.error.code)));
+    }
+  }
+  if (!queued && (!out.empty() || m.core->session_count() != count ||
+                  m.core->queue_length() != length)) {
+    soft_fail("retry_not_harmless",
+              cat("retry of ", wname(m, id), " (", what, ") emitted ", out.actions.size(),
+                  " actions, ", out.events.size(), " events; sessions ", count, " -> ",
+                  m.core->session_count(), ", queue ", length, " -> ", m.core->queue_length()));
+  }
+  note(granted ? " -> granted" : queued ? " -> keeps its place" : " -> nothing");
+  absorb(ci, out, {});
+  if (was_woken && eligible && idle && !granted) {
+    soft_fail("woken_retry_not_granted",
+              cat("woken ", wname(m, id), " retried while a session was free for it, but was not "
+                  "granted"));
+  }
+  if (queued && !granted &&
+      std::none_of(m.waiters.begin(), m.waiters.end(),
+                   [&](const WaiterModel& w) { return w.id == id; })) {
+    soft_fail("retry_lost_place", cat(wname(m, id), " left the queue on retry without a grant"));
+  }
+  seen(cat("retry ", what, granted ? " granted" : queued ? " kept its place" : ""));
 }
 
 // ----------------------------------------------------------------------------
@@ -2177,11 +2540,57 @@ void Sim::check_core(int ci, bool ticked) {
         fail("waiter_not_refused", cat(wname(m, w.id), " below critical queued in emergency stop"));
     }
   }
+  // With handoff_after, an unreserved idle session is held for the front while
+  // it has waited less than handoff_after (it is woken and may be overtaken);
+  // once it has waited that long, the core's next dispatch (tick, acquire,
+  // release, retry, a session back to idle) hands it a free session.
+  const bool handoff = c.handoff_after.count() > 0;
+  const WaiterModel* front = front_of(m);
+  bool idle_free = false;  // an unreserved idle session ready for anyone
+  for (const SessionInfo& si : infos) idle_free |= !si.reserved && ready(m, si);
+  if (handoff && front != nullptr && idle_free && !m.paused && !m.draining && !m.shutdown) {
+    const bool is_fresh = fresh(m, *front);
+    if (is_fresh) seen("handoff: idle session held for a fresh front");
+    if (!is_fresh && (ticked || dispatched_)) {
+      const bool woken_never_retried = front->id == m.woken && ticked;
+      soft_fail(woken_never_retried ? "woken_waiter_not_granted_by_tick" : "owed_waiter_while_idle",
+                cat(wname(m, front->id), " (priority ", front->priority, ") has waited ",
+                    ms(t - front->queued), " (handoff_after ", ms(c.handoff_after),
+                    ") and is first, yet stays queued while an unreserved session is idle",
+                    front->id == m.woken ? " (it was woken and has not retried)" : ""));
+    }
+    if (is_fresh && woke_ && !wake_outstanding(m)) {
+      soft_fail("idle_without_wake",
+                cat("a session is free and ", wname(m, front->id), " is first (waited ",
+                    ms(t - front->queued), "), but no waiter is woken"));
+    }
+    // A shell that sleeps until next_due() must tick when the front becomes owed.
+    const TimePoint owed = front->queued + c.handoff_after;
+    if (m.core->next_due() > std::max(owed, t)) {
+      soft_fail("next_due_handoff",
+                cat("next_due() is ", at(m.core->next_due()), " but ", wname(m, front->id),
+                    " is owed the idle session at ", at(owed), " (queued ", at(front->queued),
+                    ", handoff_after ", ms(c.handoff_after), ")"));
+    }
+  }
   if (!m.waiters.empty() && !m.paused && !m.draining && !m.shutdown) {
     for (const SessionInfo& si : infos) {
       if (!ready(m, si)) continue;
+      // Held for the front (handoff_after): judged above.
+      if (handoff && !si.reserved) continue;
       for (const WaiterModel& w : m.waiters) {
         if (w.deadline > t && (!si.reserved || si.reserved_for == w.owner)) {
+          if (handoff) {
+            // A reservation may take the session held for a woken front
+            // (reserve() takes an idle session): its owner's waiter is judged
+            // once it has waited handoff_after, at a tick.
+            if (fresh(m, w) || !ticked) continue;
+            soft_fail("reserved_idle_while_owner_waits",
+                      cat(wname(m, w.id), " (owner '", w.owner, "') has waited ", ms(t - w.queued),
+                          " (handoff_after ", ms(c.handoff_after), ") while ", sid(si.id),
+                          " reserved for '", si.reserved_for, "' is idle"));
+            break;
+          }
           fail("waiter_while_idle",
                cat(wname(m, w.id), " (owner '", w.owner, "') waits while ", sid(si.id), " is idle",
                    si.reserved ? cat(" (reserved for '", si.reserved_for, "')") : std::string()));
@@ -2311,7 +2720,9 @@ void Sim::check_after_tick(int ci, const PoolStats& before) {
   for (const WaiterModel& w : m.waiters) waiting += w.deadline > t ? 1 : 0;
   const bool backoff =
       m.last_start_failure.has_value() && t < *m.last_start_failure + c.start_backoff_max;
-  if (waiting > starting + checking && !m.paused && !m.draining && !m.shutdown && !backoff &&
+  // With handoff_after an idle session may be held for a woken waiter: it covers one waiter.
+  if (waiting > starting + checking + idle_unreserved && !m.paused && !m.draining &&
+      !m.shutdown && !backoff &&
       static_cast<int>(m.sessions.size()) < c.max + c.overflow && starting < c.max_starting &&
       (!cap_ || cap_->used() < cap_->limit())) {
     fail("waiter_starved",
