@@ -354,11 +354,7 @@ bool PoolCore::give_to_reservation(Slot& s, TimePoint now, Output& out) {
         return true;
       }
       if (w != nullptr) {
-        AcquireRequest r{.priority = w->priority,
-                         .deadline = w->deadline,
-                         .client_session = w->client_session,
-                         .owner = w->owner,
-                         .lease_timeout = w->lease_timeout};
+        const AcquireRequest r = request_of(*w);
         const WaiterId wid = w->id;
         Action a;
         a.type = ActionType::kGrant;
@@ -380,6 +376,15 @@ bool PoolCore::give_to_reservation(Slot& s, TimePoint now, Output& out) {
   waiting->session = s.id;
   s.reservation = waiting->id;
   return give_to_reservation(s, now, out);
+}
+
+// What a queued waiter asked for, as a request (views into the waiter).
+AcquireRequest PoolCore::request_of(const Waiter& w) {
+  return AcquireRequest{.priority = w.priority,
+                        .deadline = w.deadline,
+                        .client_session = w.client_session,
+                        .owner = w.owner,
+                        .lease_timeout = w.lease_timeout};
 }
 
 // The lease itself: id, times, owner, counts. Shared by every way to grant.
@@ -746,11 +751,7 @@ std::expected<void, Error> PoolCore::release(LeaseId lease, std::optional<std::s
 // queue and capacity
 
 void PoolCore::grant_to(Waiter& w, Slot& s, TimePoint now, Output& out) {
-  AcquireRequest r{.priority = w.priority,
-                   .deadline = w.deadline,
-                   .client_session = w.client_session,
-                   .owner = w.owner,
-                   .lease_timeout = w.lease_timeout};
+  const AcquireRequest r = request_of(w);
   const WaiterId wid = w.id;
   Action a;
   a.type = ActionType::kGrant;
@@ -766,11 +767,7 @@ void PoolCore::retry(WaiterId waiter, TimePoint now, Output& out) {
   Waiter* w = queue_.find(waiter);
   if (w == nullptr) return;  // answered meanwhile
   if (idle_unreserved_ > 0 && (w == queue_.front() || !overtaking_blocked(w->priority, now))) {
-    AcquireRequest r{.priority = w->priority,
-                     .deadline = w->deadline,
-                     .client_session = w->client_session,
-                     .owner = w->owner,
-                     .lease_timeout = w->lease_timeout};
+    const AcquireRequest r = request_of(*w);
     bool hit = false;
     if (Slot* s = take_idle_for(r, now, out, &hit); s != nullptr) grant_to(*w, *s, now, out);
   }
@@ -792,11 +789,7 @@ void PoolCore::dispatch(TimePoint now, Output& out, bool trim) {
       }
       break;
     }
-    AcquireRequest r{.priority = w->priority,
-                     .deadline = w->deadline,
-                     .client_session = w->client_session,
-                     .owner = w->owner,
-                     .lease_timeout = w->lease_timeout};
+    const AcquireRequest r = request_of(*w);
     bool hit = false;
     Slot* s = take_idle_for(r, now, out, &hit);
     if (s == nullptr) break;

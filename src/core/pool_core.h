@@ -195,6 +195,7 @@ class PoolCore {
   bool must_recycle(const Slot& s, TimePoint now) const;
   void idle_push(Slot& s);
   void idle_remove(Slot& s);
+  static AcquireRequest request_of(const Waiter& w);
   void begin_lease(Slot& s, const AcquireRequest& r, TimePoint now);
   Grant lease_to(Slot& s, const AcquireRequest& r, TimePoint enqueued, TimePoint now, Output* out);
   void end_lease(Slot& s, TimePoint now, ErrorCode unreleased);
