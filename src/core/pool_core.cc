@@ -551,16 +551,11 @@ bool PoolCore::try_release_fast(LeaseId lease, TimePoint now) {
 
 std::expected<AcquireOutcome, Error> PoolCore::acquire(const AcquireRequest& r, TimePoint now,
                                                        Output& out) {
-  // Fast path: an idle session and no rule that could say otherwise.
-  if (idle_head_ != kNil && !modes_.shutdown && !modes_.draining && !modes_.paused && !modes_.emergency &&
-      r.client_session.empty() && reservations_.empty() &&
-      config_.validate_after_idle.count() == 0 && r.priority >= kLowestPriority &&
-      r.priority <= kCriticalPriority && !overtaking_blocked(r.priority, now)) [[likely]] {
-    ++counters_.immediate;
+  Grant fast;
+  if (try_acquire_fast(r, now, &fast)) [[likely]] {
     AcquireOutcome o;
     o.granted = true;
-    o.grant = lease_to(slot(idle_head_), r, now, now, &out);
-    if (config_.min_idle > 0) ensure_capacity(now, out);
+    o.grant = fast;
     return o;
   }
   if (r.priority < kLowestPriority || r.priority > kCriticalPriority) {
@@ -692,6 +687,7 @@ std::expected<void, Error> PoolCore::release(LeaseId lease, std::optional<std::s
   if (owner.has_value() && *owner != s.lease_owner) {
     return std::unexpected(Error(ErrorCode::kNotLeaseOwner, "the lease belongs to another owner"));
   }
+  if (outcome == ReleaseOutcome::kOk && try_release_fast(lease, now)) [[likely]] return {};
 
   // Learn hold times (for wait prediction).
   // Integer EWMA (weight 1/16): cheap, and no denormals when holds are ~0.
@@ -702,20 +698,6 @@ std::expected<void, Error> PoolCore::release(LeaseId lease, std::optional<std::s
   if (config_.lease_events) emit(out, EventType::kLeaseReleased, now, s.id, s.lease_id);
   end_lease(s, now, ErrorCode::kLeaseAlreadyReleased);
   s.last_used = now;
-
-  // Fast path: a clean release straight back to the idle list.
-  if (outcome == ReleaseOutcome::kOk && !modes_.shutdown && !modes_.draining && s.reservation == 0 &&
-      reservations_.empty() && queue_.empty() && live_ <= config_.max && !shrinking_ &&
-      !must_recycle(s, now)) [[likely]] {
-    const int health = std::min(kMaxHealth, s.health + config_.health_success_recovery);
-    if (health >= config_.health_check_below) {
-      s.health = health;
-      set_state(s, SessionState::kIdle);
-      s.idle_since = now;
-      idle_push(s);
-      return {};
-    }
-  }
 
   switch (outcome) {
     case ReleaseOutcome::kOk:
@@ -998,7 +980,6 @@ void PoolCore::tick(TimePoint now, Output& out) {
   // With handoff_after, a waiter may now have waited long enough to be owed a free session.
   if (!queue_.empty() && idle_unreserved_ > 0) dispatch(now, out);
 
-  bool changed = false;
   for (std::size_t i = 0; i < slots_.size(); ++i) {
     Slot& s = slot(i);
     if (!s.in_use) continue;
@@ -1013,15 +994,12 @@ void PoolCore::tick(TimePoint now, Output& out) {
       out.events.push_back(std::move(e));
       end_lease(s, now, ErrorCode::kLeaseReclaimed);
       stop_session(s, StopReason::kLeaseAbandoned, now, out);
-      changed = true;
     } else if (s.state == SessionState::kIdle) {
       if (s.expires_at <= now) {
         stop_session(s, StopReason::kMaxLifetime, now, out);
-        changed = true;
       } else if (s.next_check <= now) {
         s.next_check = now + config_.check_interval;
         send_to_check(s, now, out);
-        changed = true;
       }
     }
   }
@@ -1036,7 +1014,6 @@ void PoolCore::tick(TimePoint now, Output& out) {
       Slot& s = slot(idle_tail_);
       if (now - s.idle_since < config_.idle_timeout) break;
       stop_session(s, StopReason::kIdleTimeout, now, out);
-      changed = true;
     }
   }
 
@@ -1044,7 +1021,6 @@ void PoolCore::tick(TimePoint now, Output& out) {
     cleanup_client_sessions(now, out);
     next_cleanup_ = now + config_.client_session_cleanup_interval;
   }
-  (void)changed;
   ensure_capacity(now, out);
   maybe_finish_drain(now, out);
 }

@@ -135,10 +135,7 @@ class PoolEngine {
     const std::uint32_t slot = slot_of(handle.session);
     if (kind == core::ReleaseOutcome::kOk && core_->try_release_fast(handle.lease, now_)) {
       handed_out_[slot] = 0;
-      if (--outstanding_ == 0 && closed_ && workers_done_) {
-        lock.unlock();
-        delete this;
-      }
+      lease_returned(lock);
       return {};
     }
     auto result = core_->release(handle.lease, std::nullopt, kind, now_, out_);
@@ -151,11 +148,7 @@ class PoolEngine {
     if (!out_.empty()) flush(lock);
     // Counted until here: flush may unlock to run jobs, and the engine must
     // outlive every release in progress once the Pool is gone.
-    if (--outstanding_ == 0 && closed_ && workers_done_) {
-      lock.unlock();
-      delete this;
-      return result;
-    }
+    lease_returned(lock);
     return result;
   }
 
@@ -238,6 +231,15 @@ class PoolEngine {
   void refresh_now() {
     const TimePoint t = clock_->now();
     if (t > now_) now_ = t;
+  }
+
+  // Under mu_ (held by `lock`): a lease came back. Once the Pool is gone the
+  // last one frees the engine; `this` must not be touched after that.
+  void lease_returned(Lock& lock) {
+    if (--outstanding_ == 0 && closed_ && workers_done_) {
+      lock.unlock();
+      delete this;
+    }
   }
 
   // Under mu_: records a lease given to a caller.
