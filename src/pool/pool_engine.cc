@@ -1,10 +1,12 @@
 // The engine behind Pool<T>: one PoolCore behind a mutex, worker threads that
 // run factory calls and ticks, and waiters parked on a futex each.
 //
-// Fast path (an idle session is there): lock, core.acquire, unlock. No clock
-// read (the time is a coarse value refreshed by every tick and slow path), no
-// allocation, no syscall. A waiter parks on its own futex and is handed its
-// lease directly by whoever releases the session (no thundering herd).
+// Fast path (an idle session is there): a coarse clock read (CLOCK_MONOTONIC_
+// COARSE plus its resolution, so deadlines are never early), lock,
+// core.try_acquire_fast, unlock; release is lock, core.try_release_fast,
+// unlock. No allocation, no syscall. A waiter parks on its own futex and is
+// handed its lease directly by whoever frees a session (or, with
+// handoff_after, woken to retry); there is no thundering herd.
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
