@@ -42,6 +42,8 @@ enum class StopReason : std::uint8_t {
   kShutdown,
   kExited,          // it died on its own
   kStartFailed,
+  kMemoryLimit,     // recycled: above its memory limit
+  kCpuLimit,        // recycled: above its CPU limit
 };
 std::string_view to_string(StopReason reason);
 

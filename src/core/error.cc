@@ -59,6 +59,8 @@ std::string_view to_string(StopReason reason) {
     case StopReason::kShutdown: return "shutdown";
     case StopReason::kExited: return "exited";
     case StopReason::kStartFailed: return "start_failed";
+    case StopReason::kMemoryLimit: return "memory_limit";
+    case StopReason::kCpuLimit: return "cpu_limit";
   }
   return "unknown";
 }

@@ -35,6 +35,8 @@ struct PoolCore::Slot {
   bool was_unhealthy = false;  // the current check is a recovery check
   TimePoint last_used{};       // started, released or checked: what validation measures
   StopReason stop_reason = StopReason::kShutdown;
+  bool recycle = false;        // retire at the next return (over a resource limit)
+  StopReason recycle_reason = StopReason::kMemoryLimit;
 
   // Lease sequence for this slot; only grows, across incarnations.
   std::uint64_t next_lease_seq = 0;
@@ -192,6 +194,7 @@ void PoolCore::start_session(TimePoint now, Output& out) {
   Slot& s = slot(index);
   s.in_use = true;
   ++s.incarnation;
+  s.recycle = false;
   s.id = (static_cast<SessionId>(s.incarnation) << 32) | index;
   s.state = SessionState::kStarting;
   ++by_state_[static_cast<int>(SessionState::kStarting)];
@@ -280,6 +283,7 @@ void PoolCore::free_slot(Slot& s, TimePoint now, StopReason reason, Output& out)
 }
 
 bool PoolCore::must_recycle(const Slot& s, TimePoint now) const {
+  if (s.recycle) return true;
   if (config_.max_uses > 0 && s.uses >= config_.max_uses) return true;
   return s.expires_at <= now;
 }
@@ -303,8 +307,10 @@ bool PoolCore::retire_if_unneeded(Slot& s, TimePoint now, Output& out) {
     return true;
   }
   if (must_recycle(s, now)) {
-    stop_session(s, config_.max_uses > 0 && s.uses >= config_.max_uses ? StopReason::kMaxUses
-                                                                        : StopReason::kMaxLifetime,
+    stop_session(s,
+                 s.recycle                                           ? s.recycle_reason
+                 : config_.max_uses > 0 && s.uses >= config_.max_uses ? StopReason::kMaxUses
+                                                                      : StopReason::kMaxLifetime,
                  now, out);
     return true;
   }
@@ -669,24 +675,11 @@ std::expected<void, Error> PoolCore::cancel(WaiterId waiter, TimePoint now, Outp
 
 std::expected<void, Error> PoolCore::release(LeaseId lease, std::optional<std::string_view> owner,
                                              ReleaseOutcome outcome, TimePoint now, Output& out) {
+  if (auto held = leased_session(lease, owner); !held) return std::unexpected(std::move(held.error()));
   std::uint32_t index;
   std::uint64_t seq;
   codec_.decode(lease, &index, &seq);
-  if (index >= slots_.size() || seq >= slot(index).next_lease_seq) {
-    return std::unexpected(Error(ErrorCode::kUnknownLease, "no such lease"));
-  }
   Slot& s = slot(index);
-  if (!s.in_use || !s.leased || s.lease_seq != seq) {
-    if (auto it = ended_.find(lease); it != ended_.end()) {
-      return std::unexpected(Error(it->second, it->second == ErrorCode::kLeaseReclaimed
-                                                   ? "the lease outlived its lease timeout"
-                                                   : "the session died during the lease"));
-    }
-    return std::unexpected(Error(ErrorCode::kLeaseAlreadyReleased, "the lease was released before"));
-  }
-  if (owner.has_value() && *owner != s.lease_owner) {
-    return std::unexpected(Error(ErrorCode::kNotLeaseOwner, "the lease belongs to another owner"));
-  }
   if (outcome == ReleaseOutcome::kOk && try_release_fast(lease, now)) [[likely]] return {};
 
   // Learn hold times (for wait prediction).
@@ -710,6 +703,8 @@ std::expected<void, Error> PoolCore::release(LeaseId lease, std::optional<std::s
       ++counters_.broken_releases;
       stop_session(s, StopReason::kBroken, now, out);
       ensure_capacity(now, out);
+      // Its reservation may have moved to a session held for a waiter it served.
+      trim_idle(now, out);
       return {};
   }
   if (retire_if_unneeded(s, now, out)) {
@@ -1438,6 +1433,41 @@ std::vector<SessionInfo> PoolCore::sessions(TimePoint now) const {
     if (s.in_use) list.push_back(*session(s.id, now));
   }
   return list;
+}
+
+void PoolCore::recycle(SessionId session, StopReason reason, TimePoint now, Output& out) {
+  Slot* s = find(session);
+  if (s == nullptr || s->state == SessionState::kClosing || s->recycle) return;
+  s->recycle = true;
+  s->recycle_reason = reason;
+  if (s->state == SessionState::kIdle) {
+    stop_session(*s, reason, now, out);
+    ensure_capacity(now, out);
+  }
+  // Starting, checking or leased: retired when it comes back (make_idle, release).
+}
+
+std::expected<SessionId, Error> PoolCore::leased_session(
+    LeaseId lease, std::optional<std::string_view> owner) const {
+  std::uint32_t index;
+  std::uint64_t seq;
+  codec_.decode(lease, &index, &seq);
+  if (index >= slots_.size() || seq >= slot(index).next_lease_seq) {
+    return std::unexpected(Error(ErrorCode::kUnknownLease, "no such lease"));
+  }
+  const Slot& s = slot(index);
+  if (!s.in_use || !s.leased || s.lease_seq != seq) {
+    if (auto it = ended_.find(lease); it != ended_.end()) {
+      return std::unexpected(Error(it->second, it->second == ErrorCode::kLeaseReclaimed
+                                                   ? "the lease outlived its lease timeout"
+                                                   : "the session died during the lease"));
+    }
+    return std::unexpected(Error(ErrorCode::kLeaseAlreadyReleased, "the lease was released before"));
+  }
+  if (owner.has_value() && *owner != s.lease_owner) {
+    return std::unexpected(Error(ErrorCode::kNotLeaseOwner, "the lease belongs to another owner"));
+  }
+  return s.id;
 }
 
 LeaseId PoolCore::lease_of(SessionId id) const {

@@ -126,6 +126,15 @@ class PoolCore {
   std::expected<void, Error> release(LeaseId lease, std::optional<std::string_view> owner,
                                      ReleaseOutcome outcome, TimePoint now, Output& out);
 
+  // The session that `lease` holds, with release's errors (unknown, released,
+  // reclaimed, lost, not the owner).
+  std::expected<SessionId, Error> leased_session(LeaseId lease,
+                                                 std::optional<std::string_view> owner) const;
+
+  // A shell saw `session` go over a resource limit: it is stopped now when
+  // idle, otherwise when it comes back (after its current lease or check).
+  void recycle(SessionId session, StopReason reason, TimePoint now, Output& out);
+
   // --- results of actions ---
   void session_started(SessionId session, TimePoint now, Output& out);
   void session_start_failed(SessionId session, std::string_view error, TimePoint now, Output& out);

@@ -247,5 +247,35 @@ TEST_F(PoolCoreTest, ReclaimedSessionIsReplacedForWaiters) {
   EXPECT_NE(h.granted(b).session, h.granted(a).session);
 }
 
+// Verifies that a session recycled over a resource limit is stopped at once
+// when idle and replaced, and when leased is stopped at its release, never
+// handed out again.
+TEST_F(PoolCoreTest, RecyclesSessionOverResourceLimit) {
+  CoreHarness& h = make_started(quiet_config(2, 4));
+  const Grant a = h.lease_now();
+  const Grant b = h.lease_now();
+  ASSERT_TRUE(h.release(b.lease).has_value());
+  h.recycle(b.session, StopReason::kMemoryLimit);
+  ASSERT_EQ(h.count_stops(StopReason::kMemoryLimit), 1);
+  EXPECT_EQ(h.stops(StopReason::kMemoryLimit)[0].session, b.session);
+  EXPECT_EQ(h.complete_starts().size(), 1u) << "a replacement starts while the old one stops";
+
+  h.recycle(a.session, StopReason::kCpuLimit);
+  EXPECT_EQ(h.count_stops(StopReason::kCpuLimit), 0) << "the current lease finishes first";
+  auto held = h.core().leased_session(a.lease, std::nullopt);
+  ASSERT_TRUE(held.has_value());
+  EXPECT_EQ(*held, a.session);
+  ASSERT_TRUE(h.release(a.lease).has_value());
+  ASSERT_EQ(h.count_stops(StopReason::kCpuLimit), 1);
+  EXPECT_EQ(h.stops(StopReason::kCpuLimit)[0].session, a.session);
+  h.complete_stops();
+  h.settle();
+  const Grant c = h.lease_now();
+  EXPECT_NE(c.session, a.session);
+  EXPECT_NE(c.session, b.session);
+  EXPECT_EQ(h.core().leased_session(a.lease, std::nullopt).error().code,
+            ErrorCode::kLeaseAlreadyReleased);
+}
+
 }  // namespace
 }  // namespace poolkeeper::testing

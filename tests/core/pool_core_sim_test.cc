@@ -313,6 +313,7 @@ enum class OpKind : std::uint8_t {
   kCompleteStop,
   kCompleteCheck,
   kSessionExited,
+  kRecycle,  // the shell saw a session go over a resource limit
   kStaleResult,
   kAdvanceAndTick,
   kTickOne,
@@ -351,6 +352,7 @@ struct SessionModel {
   TimePoint started = TimePoint::max();  // when session_started was reported
   TimePoint last_active{};               // started, checked or released last
   int leases = 0;                        // leases granted on it
+  bool recycle = false;                  // recycle() was called for it
 };
 
 struct LeaseModel {
@@ -553,6 +555,7 @@ class Sim {
   void do_complete_stop(int ci, std::uint64_t pick);
   void do_complete_check(int ci, std::uint64_t pick, bool healthy);
   void do_exited(int ci, const Op& op);
+  void do_recycle(int ci, const Op& op);
   void do_stale(int ci, const Op& op);
   void do_tick(int ci);
   void do_scale(int ci, const Op& op);
@@ -662,6 +665,7 @@ Op Sim::generate(Random& r, int remaining, int total) {
   set(OpKind::kCompleteStop, stops == 0 ? 0 : 80);
   set(OpKind::kCompleteCheck, checks == 0 ? 0 : 60);
   set(OpKind::kSessionExited, m.sessions.empty() ? 0 : 12);
+  set(OpKind::kRecycle, m.sessions.empty() ? 0 : 6);
   set(OpKind::kStaleResult, m.stale.empty() && m.dead.empty() ? 0 : 10);
   set(OpKind::kAdvanceAndTick, 90);
   set(OpKind::kTickOne, 20);
@@ -742,6 +746,8 @@ void Sim::take_grant(CoreModel& m, const Grant& g, const std::string& owner,
     fail("grant_closing_session", cat("granted ", sid(g.session), ", which is being stopped"));
   if (s.check_pending)
     fail("grant_checking_session", cat("granted ", sid(g.session), ", which is being checked"));
+  if (s.recycle)
+    fail("grant_recycled_session", cat("granted ", sid(g.session), ", which was recycled"));
   if (s.lease != 0) {
     fail("two_leases_one_session",
          cat("granted ", sid(g.session), " while ", lname(m, s.lease), " holds it"));
@@ -861,6 +867,10 @@ void Sim::check_stop_reason(const CoreModel& m, SessionId id, const SessionModel
       break;
     case StopReason::kDrained:
       fits = m.draining;
+      break;
+    case StopReason::kMemoryLimit:
+    case StopReason::kCpuLimit:
+      fits = s.recycle;
       break;
     case StopReason::kShutdown:
       fits = m.shutdown;
@@ -1283,6 +1293,9 @@ void Sim::step(const Op& op) {
       break;
     case OpKind::kSessionExited:
       do_exited(ci, op);
+      break;
+    case OpKind::kRecycle:
+      do_recycle(ci, op);
       break;
     case OpKind::kStaleResult:
       do_stale(ci, op);
@@ -1912,6 +1925,26 @@ void Sim::do_exited(int ci, const Op& op) {
   Effects fx;
   fx.exited = *id;
   absorb(ci, out, fx);
+}
+
+void Sim::do_recycle(int ci, const Op& op) {
+  current_ = OpKind::kRecycle;
+  CoreModel& m = cores_[ci];
+  auto id = pick_session(m, op.p[0], [&](const SessionModel& s) { return !s.stop_pending; });
+  if (!id) return begin(cat("core", ci, " recycle: none"));
+  const StopReason reason = op.p[1] % 2 == 0 ? StopReason::kMemoryLimit : StopReason::kCpuLimit;
+  begin(cat("core", ci, " recycle ", sid(*id), " (", reason_name(reason), ")"));
+  SessionModel& s = m.sessions[*id];
+  const bool idle_now = !s.start_pending && !s.check_pending && s.lease == 0;
+  s.recycle = true;
+  Output out;
+  m.core->recycle(*id, reason, now(), out);
+  Effects fx;
+  absorb(ci, out, fx);
+  auto it = m.sessions.find(*id);
+  if (idle_now && it != m.sessions.end() && !it->second.stop_pending) {
+    fail("recycle_idle_not_stopped", cat(sid(*id), " was idle and recycled but not stopped"));
+  }
 }
 
 void Sim::do_stale(int ci, const Op& op) {

@@ -111,6 +111,10 @@ class CoreHarness {
     call([&](Output& o) { core_->start(now(), o); });
   }
 
+  void recycle(SessionId s, StopReason reason) {
+    call([&](Output& o) { core_->recycle(s, reason, now(), o); });
+  }
+
   std::expected<AcquireOutcome, Error> acquire(const AcquireArgs& args) {
     const AcquireRequest request = args.request();
     std::expected<AcquireOutcome, Error> result;
