@@ -340,7 +340,11 @@ void PoolCore::make_idle(Slot& s, TimePoint now, Output& out) {
   set_state(s, SessionState::kIdle);
   s.idle_since = now;
   if (s.reservation != 0 || !reservations_.empty()) [[unlikely]] {
-    if (give_to_reservation(s, now, out)) return;
+    if (give_to_reservation(s, now, out)) {
+      // It may have served the waiter another idle session was held for.
+      if (config_.handoff_after.count() > 0) trim_idle(now, out);
+      return;
+    }
   }
   idle_push(s);
   if (!queue_.empty()) dispatch(now, out);
@@ -972,8 +976,10 @@ void PoolCore::expire_waiters(TimePoint now, Output& out) {
 void PoolCore::tick(TimePoint now, Output& out) {
   expire_waiters(now, out);
 
-  // With handoff_after, a waiter may now have waited long enough to be owed a free session.
-  if (!queue_.empty() && idle_unreserved_ > 0) dispatch(now, out);
+  // With handoff_after, a waiter may now have waited long enough to be owed a
+  // free session. Trimming waits until leases are reclaimed below: a
+  // reservation that loses its session takes an idle one before any closes.
+  if (!queue_.empty() && idle_unreserved_ > 0) dispatch(now, out, /*trim=*/false);
 
   for (std::size_t i = 0; i < slots_.size(); ++i) {
     Slot& s = slot(i);
@@ -1060,8 +1066,9 @@ std::expected<void, Error> PoolCore::scale(int target, TimePoint now, Output& ou
   expire_waiters(now, out);  // so waiters past their deadline count for nothing below
   // Idle sessions above the target close now (longest idle first, keeping
   // min_idle spares); busy ones when they come back (make_idle).
-  // Idle sessions may be held for waiters (handoff_after): keep those.
-  const int keep_idle = std::max(config_.min_idle, static_cast<int>(queue_.size()));
+  // Idle sessions may be held for waiters (handoff_after): keep those, and the
+  // spares on top of them.
+  const int keep_idle = config_.min_idle + static_cast<int>(queue_.size());
   while (live_ > target_ && idle_tail_ != kNil && idle_unreserved_ > keep_idle) {
     stop_session(slot(idle_tail_), StopReason::kScaledDown, now, out);
   }
