@@ -40,7 +40,11 @@ enum class ErrorCode : std::uint8_t {
   kDocumentTooLarge,       // a client-session document is over its size limit
   kTooManyClientSessions,  // the client-session table is full
   kSessionStartFailed,     // the session could not be created
-  kSessionLost,            // the session died while leased
+  kSessionLost,            // the session died while leased (or while serving a request)
+  kProtocolError,          // the session answered something that breaks its protocol
+  kExecuteTimeout,         // the session did not answer a request in time
+  kNotSupported,           // the session's driver cannot do this (e.g. execute)
+  kInternal,               // a bug: an unexpected exception was caught at a boundary
 };
 
 // The stable snake_case name of a code, as the HTTP API spells it: "acquire_timeout".

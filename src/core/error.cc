@@ -30,6 +30,10 @@ std::string_view to_string(ErrorCode code) {
     case ErrorCode::kTooManyClientSessions: return "too_many_client_sessions";
     case ErrorCode::kSessionStartFailed: return "session_start_failed";
     case ErrorCode::kSessionLost: return "session_lost";
+    case ErrorCode::kProtocolError: return "protocol_error";
+    case ErrorCode::kExecuteTimeout: return "execute_timeout";
+    case ErrorCode::kNotSupported: return "not_supported";
+    case ErrorCode::kInternal: return "internal";
   }
   return "unknown";
 }

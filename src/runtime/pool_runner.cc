@@ -1,0 +1,621 @@
+#include "runtime/pool_runner.h"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/this_coro.hpp>
+
+#include <algorithm>
+#include <exception>
+#include <utility>
+
+namespace poolkeeper::runtime {
+namespace {
+
+using namespace std::chrono_literals;
+
+std::string id_text(std::uint64_t id) { return std::to_string(id); }
+
+bool is_session_failure(ErrorCode code) {
+  return code == ErrorCode::kSessionLost || code == ErrorCode::kProtocolError ||
+         code == ErrorCode::kExecuteTimeout;
+}
+
+// A coroutine's unexpected exception ends at its co_spawn boundary, logged.
+auto log_exception(Log* log, std::string where) {
+  return [log, where = std::move(where)](std::exception_ptr e) {
+    if (!e) return;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      log->write(LogLevel::kError, "unexpected exception", {{"in", where}, {"what", ex.what()}});
+    } catch (...) {
+      log->write(LogLevel::kError, "unexpected exception", {{"in", where}});
+    }
+  };
+}
+
+}  // namespace
+
+// A started session and what is under way on it.
+struct PoolRunner::Running {
+  SessionId id = 0;
+  std::shared_ptr<DriverSession> session;
+  int executing = 0;         // executes in flight
+  bool releasing = false;    // a release (with its reset) is under way
+  bool stopping = false;     // the runner is stopping it
+  // Releases waiting for the executes in flight.
+  std::vector<std::function<void()>> after_executes;
+};
+
+// An acquire between its call and its answer.
+struct PoolRunner::PendingAcquire {
+  AcquireArgs args;
+  TimePoint called_at{};
+  Handler<std::expected<LeaseGrant, Error>> handler;
+  core::WaiterId waiter = 0;
+  bool answered = false;
+  bool cancelled = false;  // cancelled before the strand saw it
+};
+
+std::expected<std::shared_ptr<PoolRunner>, Error> PoolRunner::create(
+    Executor executor, PoolConfig config, std::unique_ptr<Driver> driver, RunnerOptions options) {
+  if (driver == nullptr) return std::unexpected(Error(ErrorCode::kInvalidConfig, "no driver"));
+  // The runner reports lease events (the daemon streams them).
+  auto core = core::PoolCore::create(std::move(config),
+                                     {.seed = options.seed, .shared_cap = options.shared_cap});
+  if (!core) return std::unexpected(core.error());
+  return std::shared_ptr<PoolRunner>(
+      new PoolRunner(std::move(executor), std::move(*core), std::move(driver), std::move(options)));
+}
+
+PoolRunner::PoolRunner(Executor executor, std::unique_ptr<core::PoolCore> core,
+                       std::unique_ptr<Driver> driver, RunnerOptions options)
+    : name_(core->config().name),
+      strand_(asio::make_strand(executor)),
+      core_(std::move(core)),
+      driver_(std::move(driver)),
+      options_(std::move(options)),
+      log_(options_.log != nullptr ? options_.log : &stderr_log()),
+      tick_timer_(strand_),
+      sample_timer_(strand_),
+      grace_timer_(strand_) {}
+
+PoolRunner::~PoolRunner() = default;
+
+TimePoint PoolRunner::now() const { return real_clock().now(); }
+
+void PoolRunner::start() {
+  post_to_strand([self = shared_from_this()] {
+    if (self->started_ || self->shutting_down_) return;
+    self->started_ = true;
+    asio::co_spawn(self->strand_, self->tick_loop(), log_exception(self->log_, "tick loop"));
+    if (self->driver_->sample_interval().count() > 0) {
+      asio::co_spawn(self->strand_, self->sample_loop(), log_exception(self->log_, "sampler"));
+    }
+    core::Output out;
+    self->core_->start(self->now(), out);
+    self->apply(out);
+  });
+}
+
+// ---------------------------------------------------------------------------
+// acquire
+
+void PoolRunner::initiate_acquire(AcquireArgs args, asio::cancellation_slot slot,
+                                  Handler<std::expected<LeaseGrant, Error>> handler) {
+  auto pending = std::make_shared<PendingAcquire>();
+  pending->args = std::move(args);
+  pending->called_at = now();
+  pending->handler = std::move(handler);
+  if (slot.is_connected()) {
+    slot.assign([weak = weak_from_this(), pending](asio::cancellation_type) {
+      auto self = weak.lock();
+      if (!self) return;
+      self->post_to_strand([self, pending] {
+        if (pending->answered) return;
+        if (pending->waiter == 0) {
+          pending->cancelled = true;  // do_acquire has not run yet
+          return;
+        }
+        core::Output out;
+        if (self->core_->cancel(pending->waiter, self->now(), out)) {
+          self->answer(pending->waiter,
+                       std::unexpected(Error(ErrorCode::kCancelled, "the caller went away")));
+        }
+        self->apply(out);
+      });
+    });
+  }
+  post_to_strand([self = shared_from_this(), pending] { self->do_acquire(pending); });
+}
+
+void PoolRunner::do_acquire(const std::shared_ptr<PendingAcquire>& p) {
+  if (p->cancelled) {
+    p->answered = true;
+    complete(std::move(p->handler), std::expected<LeaseGrant, Error>(std::unexpected(
+                                        Error(ErrorCode::kCancelled, "the caller went away"))));
+    return;
+  }
+  const TimePoint t = now();
+  const Duration timeout = p->args.timeout;
+  // The wait counts from the call, not from when the strand got to it.
+  TimePoint deadline = TimePoint::max();
+  if (timeout != Duration::max()) {
+    deadline = timeout <= Duration{0} ? p->called_at : p->called_at + timeout;
+  }
+  const core::AcquireRequest request{.priority = p->args.priority,
+                                     .deadline = deadline,
+                                     .client_session = p->args.client_session,
+                                     .owner = p->args.owner,
+                                     .lease_timeout = p->args.lease_timeout};
+  core::Output out;
+  auto r = core_->acquire(request, t, out);
+  if (!r) {
+    p->answered = true;
+    complete(std::move(p->handler), std::expected<LeaseGrant, Error>(std::unexpected(r.error())));
+  } else if (r->granted) {
+    p->answered = true;
+    LeaseGrant g{.lease = r->grant.lease,
+                 .session = r->grant.session,
+                 .expires_at = r->grant.expires_at,
+                 .connect = connect_of(r->grant.session)};
+    complete(std::move(p->handler), std::expected<LeaseGrant, Error>(std::move(g)));
+  } else {
+    p->waiter = r->waiter;
+    waiters_.emplace(r->waiter, p);
+  }
+  apply(out);
+}
+
+void PoolRunner::answer(core::WaiterId waiter, std::expected<LeaseGrant, Error> result) {
+  auto it = waiters_.find(waiter);
+  if (it == waiters_.end()) return;
+  std::shared_ptr<PendingAcquire> p = std::move(it->second);
+  waiters_.erase(it);
+  if (p->answered) return;
+  p->answered = true;
+  complete(std::move(p->handler), std::move(result));
+}
+
+std::string PoolRunner::connect_of(SessionId session) const {
+  auto it = sessions_.find(session);
+  return it == sessions_.end() || it->second->session == nullptr ? std::string()
+                                                                 : it->second->session->connect();
+}
+
+// ---------------------------------------------------------------------------
+// release and execute
+
+void PoolRunner::initiate_release(LeaseId lease, std::optional<std::string> owner,
+                                  core::ReleaseOutcome outcome,
+                                  Handler<std::expected<void, Error>> handler) {
+  post_to_strand([self = shared_from_this(), lease, owner = std::move(owner), outcome,
+                  h = std::move(handler)]() mutable {
+    auto held = self->core_->leased_session(
+        lease, owner ? std::optional<std::string_view>(*owner) : std::nullopt);
+    if (!held) {
+      complete(std::move(h), std::expected<void, Error>(std::unexpected(held.error())));
+      return;
+    }
+    auto it = self->sessions_.find(*held);
+    if (it != self->sessions_.end()) {
+      Running& r = *it->second;
+      if (r.releasing) {
+        complete(std::move(h), std::expected<void, Error>(std::unexpected(
+                                   Error(ErrorCode::kLeaseAlreadyReleased,
+                                         "the lease is being released"))));
+        return;
+      }
+      r.releasing = true;
+      if (r.executing > 0) {
+        // The lease ends when its requests have been answered.
+        auto shared = std::make_shared<Handler<std::expected<void, Error>>>(std::move(h));
+        r.after_executes.push_back([self, lease, outcome, shared] {
+          self->do_release(lease, outcome, std::move(*shared));
+        });
+        return;
+      }
+    }
+    self->do_release(lease, outcome, std::move(h));
+  });
+}
+
+void PoolRunner::do_release(LeaseId lease, core::ReleaseOutcome outcome,
+                            Handler<std::expected<void, Error>> handler) {
+  auto held = core_->leased_session(lease, std::nullopt);
+  std::shared_ptr<Running> running;
+  if (held) {
+    if (auto it = sessions_.find(*held); it != sessions_.end()) running = it->second;
+  }
+  if (held && running != nullptr && outcome == core::ReleaseOutcome::kOk &&
+      driver_->reset_on_release() && !running->stopping) {
+    asio::co_spawn(strand_, run_reset_and_release(running, lease, std::move(handler)),
+                   log_exception(log_, "reset"));
+    return;
+  }
+  if (running != nullptr) running->releasing = false;
+  core::Output out;
+  auto r = core_->release(lease, std::nullopt, outcome, now(), out);
+  complete(std::move(handler), std::move(r));
+  apply(out);
+}
+
+asio::awaitable<void> PoolRunner::run_reset_and_release(
+    std::shared_ptr<Running> running, LeaseId lease, Handler<std::expected<void, Error>> handler) {
+  auto self = shared_from_this();
+  std::expected<void, Error> reset = co_await running->session->reset();
+  running->releasing = false;
+  if (!reset) {
+    log_->write(LogLevel::kWarn, "reset failed; the session is retired",
+                {{"pool", name_}, {"session", id_text(running->id)}, {"why", reset.error().message}});
+  }
+  core::Output out;
+  auto r = core_->release(lease, std::nullopt,
+                          reset ? core::ReleaseOutcome::kOk : core::ReleaseOutcome::kBroken, now(),
+                          out);
+  // The client's release happened; a session lost during the reset is the pool's business.
+  if (!r && r.error().code == ErrorCode::kSessionLost) r = {};
+  complete(std::move(handler), std::move(r));
+  apply(out);
+}
+
+void PoolRunner::initiate_execute(LeaseId lease, std::optional<std::string> owner,
+                                  ExecuteRequest request,
+                                  Handler<std::expected<ExecuteReply, Error>> handler) {
+  post_to_strand([self = shared_from_this(), lease, owner = std::move(owner),
+                  request = std::move(request), h = std::move(handler)]() mutable {
+    using Result = std::expected<ExecuteReply, Error>;
+    auto held = self->core_->leased_session(
+        lease, owner ? std::optional<std::string_view>(*owner) : std::nullopt);
+    if (!held) {
+      complete(std::move(h), Result(std::unexpected(held.error())));
+      return;
+    }
+    auto it = self->sessions_.find(*held);
+    if (it == self->sessions_.end() || it->second->stopping) {
+      complete(std::move(h), Result(std::unexpected(
+                                 Error(ErrorCode::kSessionLost, "the session is gone"))));
+      return;
+    }
+    if (it->second->releasing) {
+      complete(std::move(h), Result(std::unexpected(Error(ErrorCode::kLeaseAlreadyReleased,
+                                                           "the lease is being released"))));
+      return;
+    }
+    ++it->second->executing;
+    asio::co_spawn(self->strand_, self->run_execute(it->second, std::move(request), std::move(h)),
+                   log_exception(self->log_, "execute"));
+  });
+}
+
+asio::awaitable<void> PoolRunner::run_execute(std::shared_ptr<Running> running,
+                                              ExecuteRequest request,
+                                              Handler<std::expected<ExecuteReply, Error>> handler) {
+  auto self = shared_from_this();
+  std::expected<ExecuteReply, Error> r = std::unexpected(Error(ErrorCode::kInternal, "unset"));
+  try {
+    r = co_await running->session->execute(std::move(request));
+  } catch (const std::exception& e) {
+    r = std::unexpected(Error(ErrorCode::kInternal, e.what()));
+  }
+  complete(std::move(handler), std::move(r));
+  if (--running->executing == 0 && !running->after_executes.empty()) {
+    auto waiting = std::move(running->after_executes);
+    running->after_executes.clear();
+    for (auto& fn : waiting) fn();
+  }
+}
+
+void PoolRunner::initiate_run(AcquireArgs args, ExecuteRequest request,
+                              asio::cancellation_slot slot,
+                              Handler<std::expected<ExecuteReply, Error>> handler) {
+  auto done = [h = std::move(handler)](std::exception_ptr e,
+                                       std::expected<ExecuteReply, Error> r) mutable {
+    if (e) r = std::unexpected(Error(ErrorCode::kInternal, "unexpected exception"));
+    complete(std::move(h), std::move(r));
+  };
+  asio::co_spawn(strand_, run_once(std::move(args), std::move(request)),
+                 asio::bind_cancellation_slot(slot, std::move(done)));
+}
+
+asio::awaitable<std::expected<ExecuteReply, Error>> PoolRunner::run_once(AcquireArgs args,
+                                                                         ExecuteRequest request) {
+  auto self = shared_from_this();
+  auto lease = co_await acquire(std::move(args), asio::use_awaitable);
+  if (!lease) co_return std::unexpected(lease.error());
+  auto reply = co_await execute(lease->lease, std::nullopt, std::move(request), asio::use_awaitable);
+  const core::ReleaseOutcome outcome =
+      reply ? core::ReleaseOutcome::kOk
+            : (is_session_failure(reply.error().code) ? core::ReleaseOutcome::kBroken
+                                                      : core::ReleaseOutcome::kError);
+  // Not cancellable: a lease taken must be given back.
+  co_await asio::this_coro::reset_cancellation_state();
+  (void)co_await release(lease->lease, std::nullopt, outcome, asio::use_awaitable);
+  co_return reply;
+}
+
+// ---------------------------------------------------------------------------
+// actions
+
+void PoolRunner::apply(core::Output& out) {
+  std::vector<core::WaiterId> wakes;
+  for (core::Action& a : out.actions) {
+    switch (a.type) {
+      case core::ActionType::kStartSession:
+        asio::co_spawn(strand_, run_start(a.session), log_exception(log_, "start"));
+        break;
+      case core::ActionType::kStopSession:
+        asio::co_spawn(strand_, run_stop(a.session, a.reason), log_exception(log_, "stop"));
+        break;
+      case core::ActionType::kCheckSession:
+        asio::co_spawn(strand_, run_check(a.session), log_exception(log_, "check"));
+        break;
+      case core::ActionType::kGrant:
+        answer(a.waiter, LeaseGrant{.lease = a.grant.lease,
+                                    .session = a.grant.session,
+                                    .expires_at = a.grant.expires_at,
+                                    .connect = connect_of(a.grant.session)});
+        break;
+      case core::ActionType::kReject:
+        answer(a.waiter, std::unexpected(std::move(a.error)));
+        break;
+      case core::ActionType::kWake:
+        wakes.push_back(a.waiter);
+        break;
+    }
+  }
+  for (const core::Event& e : out.events) {
+    log_event(e);
+    if (options_.on_event) options_.on_event(e);
+  }
+  out.clear();
+  for (core::WaiterId w : wakes) {
+    core::Output more;
+    core_->retry(w, now(), more);
+    apply(more);
+  }
+  schedule_tick();
+  maybe_finish_shutdown();
+}
+
+void PoolRunner::log_event(const core::Event& e) {
+  switch (e.type) {
+    case core::EventType::kSessionStartFailed:
+      log_->write(LogLevel::kWarn, "session start failed",
+                  {{"pool", name_}, {"session", id_text(e.session)}, {"error", e.detail},
+                   {"consecutive_failures", id_text(static_cast<std::uint64_t>(e.value))}});
+      break;
+    case core::EventType::kLeaseLost:
+      log_->write(LogLevel::kWarn, "leased session lost",
+                  {{"pool", name_}, {"session", id_text(e.session)}, {"why", e.detail}});
+      break;
+    case core::EventType::kLeaseReclaimed:
+      log_->write(LogLevel::kWarn, "lease reclaimed after its lease timeout",
+                  {{"pool", name_}, {"session", id_text(e.session)}});
+      break;
+    case core::EventType::kSessionClosing:
+      if (e.reason == StopReason::kMemoryLimit || e.reason == StopReason::kCpuLimit ||
+          e.reason == StopReason::kUnhealthy) {
+        log_->write(LogLevel::kInfo, "stopping session",
+                    {{"pool", name_}, {"session", id_text(e.session)},
+                     {"reason", to_string(e.reason)}});
+      }
+      break;
+    default:
+      break;
+  }
+}
+
+asio::awaitable<void> PoolRunner::run_start(SessionId id) {
+  auto self = shared_from_this();
+  std::expected<std::shared_ptr<DriverSession>, Error> started =
+      std::unexpected(Error(ErrorCode::kInternal, "unset"));
+  try {
+    started = co_await driver_->start(id);
+  } catch (const std::exception& e) {
+    started = std::unexpected(Error(ErrorCode::kSessionStartFailed, e.what()));
+  }
+  core::Output out;
+  if (started && *started != nullptr) {
+    auto running = std::make_shared<Running>();
+    running->id = id;
+    running->session = std::move(*started);
+    sessions_[id] = running;
+    asio::co_spawn(strand_, watch(id, running), log_exception(log_, "watch"));
+    core_->session_started(id, now(), out);
+  } else {
+    core_->session_start_failed(id, started ? "no session" : started.error().message, now(), out);
+  }
+  apply(out);
+}
+
+asio::awaitable<void> PoolRunner::watch(SessionId id, std::shared_ptr<Running> running) {
+  auto self = shared_from_this();
+  std::string why = co_await running->session->wait_ended();
+  auto it = sessions_.find(id);
+  if (it == sessions_.end() || it->second != running || running->stopping) co_return;
+  sessions_.erase(it);
+  log_->write(LogLevel::kWarn, "session ended on its own",
+              {{"pool", name_}, {"session", id_text(id)}, {"why", why}});
+  core::Output out;
+  core_->session_exited(id, why, now(), out);
+  apply(out);
+}
+
+asio::awaitable<void> PoolRunner::run_stop(SessionId id, StopReason reason) {
+  auto self = shared_from_this();
+  ++stops_running_;
+  auto it = sessions_.find(id);
+  if (it != sessions_.end()) {
+    std::shared_ptr<Running> running = it->second;
+    running->stopping = true;
+    try {
+      co_await running->session->stop(reason);
+    } catch (const std::exception& e) {
+      log_->write(LogLevel::kError, "stop failed", {{"pool", name_}, {"what", e.what()}});
+    }
+    if (auto again = sessions_.find(id); again != sessions_.end() && again->second == running) {
+      sessions_.erase(again);
+    }
+  }
+  --stops_running_;
+  core::Output out;
+  core_->session_stopped(id, now(), out);
+  apply(out);
+}
+
+asio::awaitable<void> PoolRunner::run_check(SessionId id) {
+  auto self = shared_from_this();
+  auto it = sessions_.find(id);
+  bool healthy = false;
+  if (it != sessions_.end()) {
+    std::shared_ptr<Running> running = it->second;
+    auto r = co_await running->session->check(driver_->check_timeout());
+    healthy = r.has_value();
+    if (!r) {
+      log_->write(LogLevel::kWarn, "health check failed",
+                  {{"pool", name_}, {"session", id_text(id)}, {"why", r.error().message}});
+    }
+  }
+  core::Output out;
+  core_->check_result(id, healthy, now(), out);
+  apply(out);
+}
+
+// ---------------------------------------------------------------------------
+// time
+
+void PoolRunner::schedule_tick() {
+  if (closed_ || !started_) return;
+  const TimePoint t = now();
+  const TimePoint due = std::min(core_->next_due(), t + options_.max_tick);
+  if (due == tick_due_) return;
+  tick_due_ = due;
+  tick_timer_.expires_at(std::chrono::steady_clock::time_point(
+      std::chrono::duration_cast<std::chrono::steady_clock::duration>(due.time_since_epoch())));
+}
+
+asio::awaitable<void> PoolRunner::tick_loop() {
+  auto self = shared_from_this();
+  schedule_tick();
+  while (!closed_) {
+    (void)co_await tick_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+    if (closed_) break;
+    const TimePoint t = now();
+    if (t < tick_due_) continue;  // re-armed for later while we waited
+    tick_due_ = TimePoint::max();
+    core::Output out;
+    core_->tick(t, out);
+    apply(out);  // schedules the next tick
+  }
+}
+
+asio::awaitable<void> PoolRunner::sample_loop() {
+  auto self = shared_from_this();
+  const Duration every = driver_->sample_interval();
+  while (!closed_) {
+    sample_timer_.expires_after(every);
+    (void)co_await sample_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+    if (closed_) break;
+    const TimePoint t = now();
+    core::Output out;
+    for (auto& [id, running] : sessions_) {
+      if (running->stopping) continue;
+      if (std::optional<StopReason> over = running->session->sample(t)) {
+        log_->write(LogLevel::kInfo, "session over its limit; recycling after its current work",
+                    {{"pool", name_}, {"session", id_text(id)}, {"reason", to_string(*over)}});
+        core_->recycle(id, *over, t, out);
+      }
+    }
+    apply(out);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// observation and shutdown
+
+void PoolRunner::initiate_snapshot(Handler<PoolSnapshot> handler) {
+  post_to_strand([self = shared_from_this(), h = std::move(handler)]() mutable {
+    PoolSnapshot snap;
+    snap.stats = self->core_->stats();
+    for (SessionInfo& info : self->core_->sessions(self->now())) {
+      SessionView v;
+      if (auto it = self->sessions_.find(info.id); it != self->sessions_.end()) {
+        v.usage = it->second->session->usage();
+        v.describe = it->second->session->describe();
+      }
+      v.info = std::move(info);
+      snap.sessions.push_back(std::move(v));
+    }
+    complete(std::move(h), std::move(snap));
+  });
+}
+
+void PoolRunner::initiate_shutdown(Duration grace, Completion<> handler) {
+  post_to_strand([self = shared_from_this(), grace, h = std::move(handler)]() mutable {
+    if (self->closed_) {
+      h();
+      return;
+    }
+    self->shutdown_handlers_.push_back(std::move(h));
+    if (!self->shutting_down_) {
+      self->shutting_down_ = true;
+      self->started_ = true;  // a pool never started shuts down just the same
+      core::Output out;
+      self->core_->shutdown(self->now(), out);
+      asio::co_spawn(self->strand_, self->force_after(grace), log_exception(self->log_, "grace"));
+      self->apply(out);
+    }
+    self->maybe_finish_shutdown();
+  });
+}
+
+asio::awaitable<void> PoolRunner::force_after(Duration grace) {
+  auto self = shared_from_this();
+  grace_timer_.expires_after(grace);
+  (void)co_await grace_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+  if (closed_) co_return;
+  // Leases still held after the grace period: their sessions are stopped anyway.
+  std::vector<SessionId> held;
+  for (auto& [id, running] : sessions_) {
+    if (!running->stopping && core_->lease_of(id) != 0) held.push_back(id);
+  }
+  for (SessionId id : held) {
+    log_->write(LogLevel::kWarn, "stopping a leased session at shutdown",
+                {{"pool", name_}, {"session", id_text(id)}});
+    auto running = sessions_[id];
+    running->stopping = true;
+    core::Output out;
+    core_->session_exited(id, "stopped at shutdown while leased", now(), out);
+    ++stops_running_;
+    asio::co_spawn(
+        strand_,
+        [](std::shared_ptr<PoolRunner> self, SessionId sid,
+           std::shared_ptr<Running> r) -> asio::awaitable<void> {
+          co_await r->session->stop(StopReason::kShutdown);
+          if (auto it = self->sessions_.find(sid); it != self->sessions_.end() && it->second == r) {
+            self->sessions_.erase(it);
+          }
+          --self->stops_running_;
+          self->maybe_finish_shutdown();
+        }(self, id, running),
+        log_exception(log_, "forced stop"));
+    apply(out);
+  }
+}
+
+void PoolRunner::maybe_finish_shutdown() {
+  if (!shutting_down_ || closed_) return;
+  if (!core_->drained() || !sessions_.empty() || stops_running_ > 0) return;
+  closed_ = true;
+  tick_timer_.cancel();
+  sample_timer_.cancel();
+  grace_timer_.cancel();
+  for (auto& h : shutdown_handlers_) h();
+  shutdown_handlers_.clear();
+}
+
+}  // namespace poolkeeper::runtime
