@@ -18,6 +18,7 @@
 #include <boost/asio/prefer.hpp>
 
 #include <memory>
+#include <type_traits>
 #include <utility>
 
 namespace poolkeeper::runtime {
@@ -30,9 +31,9 @@ class Completion {
   template <class Handler, class DefaultExecutor>
   Completion(Handler&& handler, const DefaultExecutor& fallback)
       : impl_(std::make_unique<Impl<std::decay_t<Handler>,
-                                    decltype(boost::asio::prefer(
+                                    std::decay_t<decltype(boost::asio::prefer(
                                         boost::asio::get_associated_executor(handler, fallback),
-                                        boost::asio::execution::outstanding_work.tracked))>>(
+                                        boost::asio::execution::outstanding_work.tracked))>>>(
             std::forward<Handler>(handler), fallback)) {}
 
   explicit operator bool() const { return impl_ != nullptr; }

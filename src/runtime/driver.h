@@ -37,8 +37,8 @@ struct Usage {
 };
 
 struct ExecuteRequest {
-  std::string params;          // JSON text (validated and compacted by the driver)
-  std::string client_session;  // empty for none
+  std::string params{};          // JSON text (validated and compacted by the driver)
+  std::string client_session{};  // empty for none
   Duration timeout{0};         // 0: the driver's default
 };
 
@@ -46,7 +46,7 @@ struct ExecuteRequest {
 // passed back to the caller unchanged.
 struct ExecuteReply {
   bool ok = true;
-  std::string json;
+  std::string json{};
 };
 
 class DriverSession {

@@ -285,6 +285,12 @@ void PoolRunner::initiate_execute(LeaseId lease, std::optional<std::string> owne
                                                            "the lease is being released"))));
       return;
     }
+    if (request.client_session.empty()) {
+      // The lease's client session goes with its requests.
+      if (auto info = self->core_->session(*held, self->now())) {
+        request.client_session = std::move(info->client_session);
+      }
+    }
     ++it->second->executing;
     asio::co_spawn(self->strand_, self->run_execute(it->second, std::move(request), std::move(h)),
                    log_exception(self->log_, "execute"));

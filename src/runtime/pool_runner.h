@@ -59,8 +59,8 @@ namespace poolkeeper::runtime {
 struct AcquireArgs {
   int priority = kNormalPriority;
   Duration timeout = std::chrono::seconds(30);  // Duration::max(): wait as long as it takes
-  std::string client_session;
-  std::string owner;
+  std::string client_session{};
+  std::string owner{};
   Duration lease_timeout{0};  // 0: the pool's
 };
 
@@ -68,18 +68,18 @@ struct LeaseGrant {
   LeaseId lease = 0;
   SessionId session = 0;
   TimePoint expires_at = TimePoint::max();
-  std::string connect;  // the driver's endpoint for the session, if any
+  std::string connect{};  // the driver's endpoint for the session, if any
 };
 
 struct SessionView {
-  SessionInfo info;
-  Usage usage;
-  std::string describe;
+  SessionInfo info{};
+  Usage usage{};
+  std::string describe{};
 };
 
 struct PoolSnapshot {
-  PoolStats stats;
-  std::vector<SessionView> sessions;
+  PoolStats stats{};
+  std::vector<SessionView> sessions{};
 };
 
 struct RunnerOptions {
@@ -257,7 +257,7 @@ class PoolRunner : public std::enable_shared_from_this<PoolRunner> {
   asio::awaitable<void> sample_loop();
   asio::awaitable<void> force_after(Duration grace);
 
-  std::string name_;
+  std::string name_{};
   asio::strand<Executor> strand_;
   std::unique_ptr<core::PoolCore> core_;
   std::unique_ptr<Driver> driver_;

@@ -309,9 +309,14 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
           co_await out_.async_read_some(asio::buffer(buf), asio::as_tuple(asio::use_awaitable));
       if (ec) {
         if (ec != asio::error::operation_aborted) {
-          fail(ErrorCode::kSessionLost,
-               ec == asio::error::eof ? "closed its stdout" : "stdout failed: " + ec.message(),
-               /*kill=*/false);
+          out_eof_ = true;
+          drain_timer_.cancel();
+          // Usually the worker is exiting: report how it ended, not the pipe.
+          if (!co_await wait_exit_for(200ms)) {
+            fail(ErrorCode::kSessionLost,
+                 ec == asio::error::eof ? "closed its stdout" : "stdout failed: " + ec.message(),
+                 /*kill=*/true);
+          }
         }
         break;
       }
