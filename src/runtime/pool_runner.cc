@@ -303,7 +303,8 @@ asio::awaitable<void> PoolRunner::run_execute(std::shared_ptr<Running> running,
   auto self = shared_from_this();
   std::expected<ExecuteReply, Error> r = std::unexpected(Error(ErrorCode::kInternal, "unset"));
   try {
-    r = co_await running->session->execute(std::move(request));
+    auto executing = running->session->execute(std::move(request));
+    r = co_await std::move(executing);
   } catch (const std::exception& e) {
     r = std::unexpected(Error(ErrorCode::kInternal, e.what()));
   }
@@ -330,16 +331,22 @@ void PoolRunner::initiate_run(AcquireArgs args, ExecuteRequest request,
 asio::awaitable<std::expected<ExecuteReply, Error>> PoolRunner::run_once(AcquireArgs args,
                                                                          ExecuteRequest request) {
   auto self = shared_from_this();
-  auto lease = co_await acquire(std::move(args), asio::use_awaitable);
+  // Each awaitable is made before its co_await: g++ 12 mishandles temporaries
+  // with non-trivial members inside a co_await expression.
+  auto acquiring = acquire(std::move(args), asio::use_awaitable);
+  auto lease = co_await std::move(acquiring);
   if (!lease) co_return std::unexpected(lease.error());
-  auto reply = co_await execute(lease->lease, std::nullopt, std::move(request), asio::use_awaitable);
+  std::optional<std::string> no_owner;
+  auto executing = execute(lease->lease, no_owner, std::move(request), asio::use_awaitable);
+  auto reply = co_await std::move(executing);
   const core::ReleaseOutcome outcome =
       reply ? core::ReleaseOutcome::kOk
             : (is_session_failure(reply.error().code) ? core::ReleaseOutcome::kBroken
                                                       : core::ReleaseOutcome::kError);
   // Not cancellable: a lease taken must be given back.
   co_await asio::this_coro::reset_cancellation_state();
-  (void)co_await release(lease->lease, std::nullopt, outcome, asio::use_awaitable);
+  auto releasing = release(lease->lease, no_owner, outcome, asio::use_awaitable);
+  (void)co_await std::move(releasing);
   co_return reply;
 }
 

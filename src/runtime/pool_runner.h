@@ -88,7 +88,7 @@ struct RunnerOptions {
   Duration max_tick = std::chrono::milliseconds(250);
   Log* log = nullptr;                          // stderr_log() when null
   // Every core event, on the strand (keep it short; post elsewhere for work).
-  std::function<void(const core::Event&)> on_event;
+  std::function<void(const core::Event&)> on_event{};
 };
 
 class PoolRunner : public std::enable_shared_from_this<PoolRunner> {

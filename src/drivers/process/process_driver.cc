@@ -1,6 +1,7 @@
 #include "drivers/process/process_driver.h"
 
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -589,6 +590,12 @@ std::expected<std::unique_ptr<ProcessDriver>, Error> ProcessDriver::create(Proce
   struct sigaction old {};
   if (::sigaction(SIGPIPE, nullptr, &old) == 0 && old.sa_handler == SIG_DFL) {
     ::signal(SIGPIPE, SIG_IGN);
+  }
+  // Each worker holds four of the daemon's descriptors: use all the hard limit allows.
+  struct rlimit nofile {};
+  if (::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &nofile);
   }
   return std::unique_ptr<ProcessDriver>(new ProcessDriver(std::move(config), std::move(pool), log));
 }

@@ -10,8 +10,10 @@
 //
 // A worker that breaks the protocol (invalid JSON or UTF-8, an unknown id, a
 // line over max_line) or dies fails its requests in flight at once and ends;
-// the runner then replaces it. The driver ignores SIGPIPE in the daemon
-// (writes to a dead worker fail with EPIPE instead of killing the daemon).
+// the runner then replaces it. Creating a driver changes two things in the
+// daemon process: SIGPIPE is ignored (writes to a dead worker fail with EPIPE
+// instead of killing the daemon) and the soft open-files limit is raised to
+// the hard limit (each worker holds four descriptors).
 //
 // Thread-safety: as Driver; sessions live on their pool's strand.
 #pragma once
