@@ -87,7 +87,8 @@ struct RunnerOptions {
   SharedCap* shared_cap = nullptr;             // not owned
   Duration max_tick = std::chrono::milliseconds(250);
   Log* log = nullptr;                          // stderr_log() when null
-  // Every core event, on the strand (keep it short; post elsewhere for work).
+  // Every core event, on the strand (keep it short; post elsewhere for work),
+  // until shutdown() has completed: what it captures must live that long.
   std::function<void(const core::Event&)> on_event{};
 };
 

@@ -136,13 +136,17 @@ TEST_F(ProcessPoolTest, FailedSpawnsLeakNothing) {
 // Verifies that a worker above its memory limit finishes its request and is
 // then recycled (reason memory_limit), and the pool stays at min.
 TEST_F(ProcessPoolTest, RecyclesWorkerOverMemoryLimit) {
-  std::mutex mu;
-  std::vector<StopReason> closing;
+  // Events arrive until the fixture shuts the pool down: the record outlives this body.
+  struct Seen {
+    std::mutex mu;
+    std::vector<StopReason> closing;
+  };
+  auto seen = std::make_shared<Seen>();
   runtime::RunnerOptions options;
-  options.on_event = [&](const core::Event& e) {
+  options.on_event = [seen](const core::Event& e) {
     if (e.type != core::EventType::kSessionClosing) return;
-    std::lock_guard lock(mu);
-    closing.push_back(e.reason);
+    std::lock_guard lock(seen->mu);
+    seen->closing.push_back(e.reason);
   };
   ProcessConfig w = test_worker();
   w.max_rss = std::int64_t{96} << 20;
@@ -165,8 +169,9 @@ TEST_F(ProcessPoolTest, RecyclesWorkerOverMemoryLimit) {
   ASSERT_TRUE(release(*r, lease->lease).has_value());
   ASSERT_TRUE(wait_until([&] { return !process_alive(pid); }));
   ASSERT_TRUE(settles_at(*r, 1));
-  std::lock_guard lock(mu);
-  EXPECT_NE(std::find(closing.begin(), closing.end(), StopReason::kMemoryLimit), closing.end());
+  std::lock_guard lock(seen->mu);
+  EXPECT_NE(std::find(seen->closing.begin(), seen->closing.end(), StopReason::kMemoryLimit),
+            seen->closing.end());
 }
 
 // Verifies that a worker past its CPU time limit is recycled after its lease.
@@ -264,7 +269,13 @@ TEST_F(ProcessPoolTest, PythonPoolSurvivesRandomKillsUnderLoad) {
   EXPECT_EQ(other, 0);
   EXPECT_GT(ok, kClients * kRequests / 2);
   EXPECT_GE(kills, 5);
-  ASSERT_TRUE(settles_at(*r, 3));
+  // Back to at least min, every worker idle (a fourth started under load may
+  // stay: idle_timeout is off).
+  ASSERT_TRUE(wait_until([&] {
+    PoolSnapshot snap = snapshot(*r);
+    const int idle = snap.stats.sessions_by_state[static_cast<int>(SessionState::kIdle)];
+    return snap.stats.sessions >= 3 && idle == snap.stats.sessions;
+  }, kLongWait * 3));
   RecordProperty("lost_requests", lost.load());
 }
 

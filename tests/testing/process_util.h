@@ -5,6 +5,7 @@
 #pragma once
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -39,8 +40,14 @@ struct ProcState {
 };
 
 inline std::optional<ProcState> proc_state(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  // Plain read(2): the process may vanish while it is read (ESRCH).
+  std::string s;
+  const int fd = ::open(("/proc/" + std::to_string(pid) + "/stat").c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  char buf[1024];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof buf)) > 0) s.append(buf, static_cast<std::size_t>(n));
+  ::close(fd);
   const std::size_t close = s.rfind(')');
   if (close == std::string::npos || close + 4 > s.size()) return std::nullopt;
   std::istringstream rest(s.substr(close + 2));
