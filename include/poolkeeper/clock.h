@@ -29,4 +29,12 @@ class Clock {
 // The process-wide real clock (steady_clock and system_clock).
 Clock& real_clock();
 
+// The deadline `timeout` after `now`: `now` for a timeout of zero or less
+// (try once), TimePoint::max() when the sum would overflow (wait forever).
+inline TimePoint deadline_after(TimePoint now, Duration timeout) {
+  if (timeout.count() <= 0) return now;
+  if (timeout > TimePoint::max() - now) return TimePoint::max();
+  return now + timeout;
+}
+
 }  // namespace poolkeeper

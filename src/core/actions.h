@@ -16,6 +16,15 @@
 
 namespace poolkeeper::core {
 
+// A session id is its slot index (low 32 bits) and the slot's incarnation
+// (high 32 bits); shells may index per-slot state by session_slot().
+inline constexpr SessionId make_session_id(std::uint32_t incarnation, std::uint32_t slot) {
+  return (static_cast<SessionId>(incarnation) << 32) | slot;
+}
+inline constexpr std::uint32_t session_slot(SessionId id) {
+  return static_cast<std::uint32_t>(id & 0xffffffffu);
+}
+
 // A queued acquire. Never reused within a core.
 using WaiterId = std::uint64_t;
 using ReservationId = std::uint64_t;

@@ -35,8 +35,7 @@ struct PoolCore::Slot {
   bool was_unhealthy = false;  // the current check is a recovery check
   TimePoint last_used{};       // started, released or checked: what validation measures
   StopReason stop_reason = StopReason::kShutdown;
-  bool recycle = false;        // retire at the next return (over a resource limit)
-  StopReason recycle_reason = StopReason::kMemoryLimit;
+  std::optional<StopReason> recycle;  // retire at the next return (over a resource limit)
 
   // Lease sequence for this slot; only grows, across incarnations.
   std::uint64_t next_lease_seq = 0;
@@ -112,7 +111,7 @@ void PoolCore::start(TimePoint now, Output& out) {
 // session bookkeeping
 
 PoolCore::Slot* PoolCore::find(SessionId id) {
-  const auto index = static_cast<std::uint32_t>(id & 0xffffffffu);
+  const std::uint32_t index = session_slot(id);
   if (index >= slots_.size()) return nullptr;
   Slot& s = slot(index);
   return (s.in_use && s.id == id) ? &s : nullptr;
@@ -194,8 +193,8 @@ void PoolCore::start_session(TimePoint now, Output& out) {
   Slot& s = slot(index);
   s.in_use = true;
   ++s.incarnation;
-  s.recycle = false;
-  s.id = (static_cast<SessionId>(s.incarnation) << 32) | index;
+  s.recycle.reset();
+  s.id = make_session_id(s.incarnation, index);
   s.state = SessionState::kStarting;
   ++by_state_[static_cast<int>(SessionState::kStarting)];
   ++live_;
@@ -282,10 +281,11 @@ void PoolCore::free_slot(Slot& s, TimePoint now, StopReason reason, Output& out)
   if (orphaned != 0) reservation_lost_session(orphaned, now, out);
 }
 
-bool PoolCore::must_recycle(const Slot& s, TimePoint now) const {
-  if (s.recycle) return true;
-  if (config_.max_uses > 0 && s.uses >= config_.max_uses) return true;
-  return s.expires_at <= now;
+std::optional<StopReason> PoolCore::recycle_due(const Slot& s, TimePoint now) const {
+  if (s.recycle) return s.recycle;
+  if (config_.max_uses > 0 && s.uses >= config_.max_uses) return StopReason::kMaxUses;
+  if (s.expires_at <= now) return StopReason::kMaxLifetime;
+  return std::nullopt;
 }
 
 void PoolCore::send_to_check(Slot& s, TimePoint now, Output& out) {
@@ -298,45 +298,46 @@ void PoolCore::send_to_check(Slot& s, TimePoint now, Output& out) {
   if (s.was_unhealthy) emit(out, EventType::kSessionUnhealthy, now, s.id, 0, {}, s.health);
 }
 
-// A session is ready for work (started, released, checked). Decides where it goes.
-// A session came back (started, released, checked): stops it when the pool
-// no longer wants it. True when it was stopped.
-bool PoolCore::retire_if_unneeded(Slot& s, TimePoint now, Output& out) {
+// A session came back (started, released, checked): why the pool no longer
+// wants it, if it does not.
+std::optional<StopReason> PoolCore::retire_reason(const Slot& s, TimePoint now) {
   if (modes_.shutdown || modes_.draining) {
-    stop_session(s, modes_.shutdown ? StopReason::kShutdown : StopReason::kDrained, now, out);
-    return true;
+    return modes_.shutdown ? StopReason::kShutdown : StopReason::kDrained;
   }
-  if (must_recycle(s, now)) {
-    stop_session(s,
-                 s.recycle                                           ? s.recycle_reason
-                 : config_.max_uses > 0 && s.uses >= config_.max_uses ? StopReason::kMaxUses
-                                                                      : StopReason::kMaxLifetime,
-                 now, out);
-    return true;
-  }
-  if (!queue_.empty() || s.reservation != 0) return false;
+  if (auto due = recycle_due(s, now)) return due;
+  if (!queue_.empty() || s.reservation != 0) return std::nullopt;
   for (const auto& [id, r] : reservations_) {
-    if (r->session == 0) return false;  // a reservation is waiting for this one
+    if (r->session == 0) return std::nullopt;  // a reservation is waiting for this one
   }
-  if (live_ > config_.max) {
-    // Above max and nobody waits for it: an overflow session does not stay.
-    stop_session(s, StopReason::kOverflow, now, out);
-    return true;
-  }
+  // Above max and nobody waits for it: an overflow session does not stay.
+  if (live_ > config_.max) return StopReason::kOverflow;
   if (shrinking_) {
     // After a scale-down, sessions above the target close as they come back.
     if (live_ <= target_) {
       shrinking_ = false;
     } else if (idle_unreserved_ >= config_.min_idle) {
-      stop_session(s, StopReason::kScaledDown, now, out);
-      return true;
+      return StopReason::kScaledDown;
     }
   }
-  return false;
+  return std::nullopt;
 }
 
+// Sessions come back through here (started, released, checked): it stops
+// those the pool no longer wants and settles capacity once for all of them,
+// so a replacement starts while the old session stops.
 void PoolCore::make_idle(Slot& s, TimePoint now, Output& out) {
-  if (retire_if_unneeded(s, now, out)) return;
+  if (const std::optional<StopReason> reason = retire_reason(s, now)) {
+    stop_session(s, *reason, now, out);
+    ensure_capacity(now, out);
+    maybe_finish_drain(now, out);
+    return;
+  }
+  if (s.health < config_.health_check_below) {
+    s.was_unhealthy = true;
+    send_to_check(s, now, out);
+    ensure_capacity(now, out);
+    return;
+  }
   set_state(s, SessionState::kIdle);
   s.idle_since = now;
   if (s.reservation != 0 || !reservations_.empty()) [[unlikely]] {
@@ -363,16 +364,7 @@ bool PoolCore::give_to_reservation(Slot& s, TimePoint now, Output& out) {
         send_to_check(s, now, out);  // comes back here once checked
         return true;
       }
-      if (w != nullptr) {
-        const AcquireRequest r = request_of(*w);
-        const WaiterId wid = w->id;
-        Action a;
-        a.type = ActionType::kGrant;
-        a.waiter = wid;
-        a.grant = lease_to(s, r, w->enqueued_at, now, &out);
-        out.actions.push_back(std::move(a));
-        queue_.remove(wid);
-      }
+      if (w != nullptr) grant_to(*w, s, now, out);
       return true;
     }
     s.reservation = 0;
@@ -537,17 +529,20 @@ bool PoolCore::try_release_fast(LeaseId lease, TimePoint now) {
   codec_.decode(lease, &index, &seq);
   if (index >= slots_.size() || !fast_paths_) return false;
   Slot& s = slot(index);
-  if (!s.leased || s.lease_seq != seq || !s.in_use || !s.lease_client.empty() ||
-      s.reservation != 0 || std::bit_cast<std::uint32_t>(modes_) != 0 || !reservations_.empty() ||
-      !queue_.empty() || live_ > config_.max || shrinking_ || must_recycle(s, now)) {
+  if (!s.leased || s.lease_seq != seq || !s.in_use) return false;
+  return release_fast(s, now);
+}
+
+// A clean release straight back to idle, for a lease already checked to be held.
+bool PoolCore::release_fast(Slot& s, TimePoint now) {
+  if (!fast_paths_ || !s.lease_client.empty() || s.reservation != 0 ||
+      std::bit_cast<std::uint32_t>(modes_) != 0 || !reservations_.empty() || !queue_.empty() ||
+      live_ > config_.max || shrinking_ || recycle_due(s, now).has_value()) {
     return false;
   }
   const int health = std::min(kMaxHealth, s.health + config_.health_success_recovery);
   if (health < config_.health_check_below) return false;
-  const std::int64_t held = ns(now - s.lease_started);
-  avg_hold_ns_ = hold_samples_ == 0 ? held : avg_hold_ns_ + (held - avg_hold_ns_) / 16;
-  ++hold_samples_;
-  ++counters_.releases;
+  note_hold(s, now);
   s.leased = false;
   s.last_used = now;
   s.health = health;
@@ -557,6 +552,15 @@ bool PoolCore::try_release_fast(LeaseId lease, TimePoint now) {
   s.idle_since = now;
   idle_push(s);
   return true;
+}
+
+// Learns hold times (for wait prediction) and counts the release.
+// Integer EWMA (weight 1/16): cheap, and no denormals when holds are ~0.
+void PoolCore::note_hold(const Slot& s, TimePoint now) {
+  const std::int64_t held = ns(now - s.lease_started);
+  avg_hold_ns_ = hold_samples_ == 0 ? held : avg_hold_ns_ + (held - avg_hold_ns_) / 16;
+  ++hold_samples_;
+  ++counters_.releases;
 }
 
 std::expected<AcquireOutcome, Error> PoolCore::acquire(const AcquireRequest& r, TimePoint now,
@@ -679,19 +683,12 @@ std::expected<void, Error> PoolCore::cancel(WaiterId waiter, TimePoint now, Outp
 
 std::expected<void, Error> PoolCore::release(LeaseId lease, std::optional<std::string_view> owner,
                                              ReleaseOutcome outcome, TimePoint now, Output& out) {
-  if (auto held = leased_session(lease, owner); !held) return std::unexpected(std::move(held.error()));
-  std::uint32_t index;
-  std::uint64_t seq;
-  codec_.decode(lease, &index, &seq);
-  Slot& s = slot(index);
-  if (outcome == ReleaseOutcome::kOk && try_release_fast(lease, now)) [[likely]] return {};
+  auto held = held_slot(lease, owner);
+  if (!held) return std::unexpected(std::move(held.error()));
+  Slot& s = **held;
+  if (outcome == ReleaseOutcome::kOk && release_fast(s, now)) [[likely]] return {};
 
-  // Learn hold times (for wait prediction).
-  // Integer EWMA (weight 1/16): cheap, and no denormals when holds are ~0.
-  const std::int64_t held = ns(now - s.lease_started);
-  avg_hold_ns_ = hold_samples_ == 0 ? held : avg_hold_ns_ + (held - avg_hold_ns_) / 16;
-  ++hold_samples_;
-  ++counters_.releases;
+  note_hold(s, now);
   if (config_.lease_events) emit(out, EventType::kLeaseReleased, now, s.id, s.lease_id);
   end_lease(s, now, ErrorCode::kLeaseAlreadyReleased);
   s.last_used = now;
@@ -711,19 +708,7 @@ std::expected<void, Error> PoolCore::release(LeaseId lease, std::optional<std::s
       trim_idle(now, out);
       return {};
   }
-  if (retire_if_unneeded(s, now, out)) {
-    ensure_capacity(now, out);
-    maybe_finish_drain(now, out);
-    return {};
-  }
-  if (s.health < config_.health_check_below) {
-    s.was_unhealthy = true;
-    send_to_check(s, now, out);
-    ensure_capacity(now, out);
-    return {};
-  }
   make_idle(s, now, out);
-  if (s.state == SessionState::kClosing) ensure_capacity(now, out);
   if (config_.handoff_after.count() > 0) trim_idle(now, out);  // held for waiters now served
   return {};
 }
@@ -993,8 +978,9 @@ void PoolCore::tick(TimePoint now, Output& out) {
       e.lease = s.lease_id;
       e.detail = s.lease_owner;
       out.events.push_back(std::move(e));
-      end_lease(s, now, ErrorCode::kLeaseReclaimed);
-      stop_session(s, StopReason::kLeaseAbandoned, now, out);
+      const bool at_shutdown = modes_.shutdown && now >= leases_until_;
+      end_lease(s, now, at_shutdown ? ErrorCode::kShutdown : ErrorCode::kLeaseReclaimed);
+      stop_session(s, at_shutdown ? StopReason::kShutdown : StopReason::kLeaseAbandoned, now, out);
     } else if (s.state == SessionState::kIdle) {
       if (s.expires_at <= now) {
         stop_session(s, StopReason::kMaxLifetime, now, out);
@@ -1123,9 +1109,16 @@ void PoolCore::emergency_resume(TimePoint now, Output& out) {
   emit(out, EventType::kEmergencyResume, now);
 }
 
-void PoolCore::shutdown(TimePoint now, Output& out) {
+void PoolCore::shutdown(TimePoint now, Output& out, TimePoint leases_until) {
   if (modes_.shutdown) return;
   modes_.shutdown = true;
+  // Leases still held then are reclaimed like leases past their timeout.
+  leases_until_ = leases_until;
+  for (const auto& owned : slots_) {
+    if (owned->in_use && owned->leased) {
+      owned->lease_deadline = std::min(owned->lease_deadline, leases_until);
+    }
+  }
   drain_announced_ = false;
   reject_all(ErrorCode::kShutdown, "the pool is shutting down", kCriticalPriority + 1, now, out);
   for (std::size_t i = 0; i < slots_.size(); ++i) {
@@ -1442,11 +1435,21 @@ std::vector<SessionInfo> PoolCore::sessions(TimePoint now) const {
   return list;
 }
 
+ReleaseOutcome release_outcome_for(ErrorCode code) {
+  switch (code) {
+    case ErrorCode::kSessionLost:
+    case ErrorCode::kProtocolError:
+    case ErrorCode::kExecuteTimeout:
+      return ReleaseOutcome::kBroken;
+    default:
+      return ReleaseOutcome::kError;
+  }
+}
+
 void PoolCore::recycle(SessionId session, StopReason reason, TimePoint now, Output& out) {
   Slot* s = find(session);
   if (s == nullptr || s->state == SessionState::kClosing || s->recycle) return;
-  s->recycle = true;
-  s->recycle_reason = reason;
+  s->recycle = reason;
   if (s->state == SessionState::kIdle) {
     stop_session(*s, reason, now, out);
     ensure_capacity(now, out);
@@ -1454,27 +1457,40 @@ void PoolCore::recycle(SessionId session, StopReason reason, TimePoint now, Outp
   // Starting, checking or leased: retired when it comes back (make_idle, release).
 }
 
-std::expected<SessionId, Error> PoolCore::leased_session(
+std::expected<PoolCore::Slot*, Error> PoolCore::held_slot(
     LeaseId lease, std::optional<std::string_view> owner) const {
   std::uint32_t index;
   std::uint64_t seq;
   codec_.decode(lease, &index, &seq);
-  if (index >= slots_.size() || seq >= slot(index).next_lease_seq) {
+  if (index >= slots_.size() || seq >= slots_[index]->next_lease_seq) {
     return std::unexpected(Error(ErrorCode::kUnknownLease, "no such lease"));
   }
-  const Slot& s = slot(index);
+  Slot& s = *slots_[index];
   if (!s.in_use || !s.leased || s.lease_seq != seq) {
     if (auto it = ended_.find(lease); it != ended_.end()) {
-      return std::unexpected(Error(it->second, it->second == ErrorCode::kLeaseReclaimed
-                                                   ? "the lease outlived its lease timeout"
-                                                   : "the session died during the lease"));
+      return std::unexpected(Error(it->second, std::string(ended_message(it->second))));
     }
     return std::unexpected(Error(ErrorCode::kLeaseAlreadyReleased, "the lease was released before"));
   }
   if (owner.has_value() && *owner != s.lease_owner) {
     return std::unexpected(Error(ErrorCode::kNotLeaseOwner, "the lease belongs to another owner"));
   }
-  return s.id;
+  return &s;
+}
+
+std::string_view PoolCore::ended_message(ErrorCode code) {
+  switch (code) {
+    case ErrorCode::kLeaseReclaimed: return "the lease outlived its lease timeout";
+    case ErrorCode::kShutdown: return "the pool shut down while the lease was held";
+    default: return "the session died during the lease";
+  }
+}
+
+std::expected<HeldLease, Error> PoolCore::leased_session(
+    LeaseId lease, std::optional<std::string_view> owner) const {
+  auto held = held_slot(lease, owner);
+  if (!held) return std::unexpected(std::move(held.error()));
+  return HeldLease{.session = (*held)->id, .client_session = (*held)->lease_client};
 }
 
 LeaseId PoolCore::lease_of(SessionId id) const {

@@ -74,6 +74,16 @@ enum class ReleaseOutcome : std::uint8_t {
   kBroken,  // the session must not be reused
 };
 
+// How a lease whose request failed with `code` goes back: broken when the
+// session itself failed (died, broke its protocol, hung), with an error otherwise.
+ReleaseOutcome release_outcome_for(ErrorCode code);
+
+// A lease being held: its session and the client session it was taken for.
+struct HeldLease {
+  SessionId session = 0;
+  std::string_view client_session{};  // valid until the core is next changed
+};
+
 struct ReservationInfo {
   ReservationId id = 0;
   std::string owner;
@@ -126,9 +136,9 @@ class PoolCore {
   std::expected<void, Error> release(LeaseId lease, std::optional<std::string_view> owner,
                                      ReleaseOutcome outcome, TimePoint now, Output& out);
 
-  // The session that `lease` holds, with release's errors (unknown, released,
-  // reclaimed, lost, not the owner).
-  std::expected<SessionId, Error> leased_session(LeaseId lease,
+  // The session that `lease` holds and the lease's client session, with
+  // release's errors (unknown, released, reclaimed, lost, not the owner).
+  std::expected<HeldLease, Error> leased_session(LeaseId lease,
                                                  std::optional<std::string_view> owner) const;
 
   // A shell saw `session` go over a resource limit: it is stopped now when
@@ -157,8 +167,10 @@ class PoolCore {
   void emergency_stop(TimePoint now, Output& out);
   void emergency_resume(TimePoint now, Output& out);
   // Answers every waiter (kShutdown), refuses new acquires and stops every
-  // session not leased; leased ones are stopped when released.
-  void shutdown(TimePoint now, Output& out);
+  // session not leased; leased ones are stopped when released, or reclaimed at
+  // `leases_until` (a late release then gets kShutdown) like a lease past its
+  // timeout.
+  void shutdown(TimePoint now, Output& out, TimePoint leases_until = TimePoint::max());
   bool drained() const;  // no session left after drain or shutdown
 
   // --- reservations ---
@@ -197,11 +209,15 @@ class PoolCore {
   void stop_session(Slot& s, StopReason reason, TimePoint now, Output& out);
   void free_slot(Slot& s, TimePoint now, StopReason reason, Output& out);
   void make_idle(Slot& s, TimePoint now, Output& out);
-  bool retire_if_unneeded(Slot& s, TimePoint now, Output& out);
+  std::optional<StopReason> retire_reason(const Slot& s, TimePoint now);
   bool needs_validation(const Slot& s, TimePoint now) const;
   bool give_to_reservation(Slot& s, TimePoint now, Output& out);
   void send_to_check(Slot& s, TimePoint now, Output& out);
-  bool must_recycle(const Slot& s, TimePoint now) const;
+  std::optional<StopReason> recycle_due(const Slot& s, TimePoint now) const;
+  std::expected<Slot*, Error> held_slot(LeaseId lease, std::optional<std::string_view> owner) const;
+  static std::string_view ended_message(ErrorCode code);
+  bool release_fast(Slot& s, TimePoint now);
+  void note_hold(const Slot& s, TimePoint now);
   void idle_push(Slot& s);
   void idle_remove(Slot& s);
   static AcquireRequest request_of(const Waiter& w);
@@ -295,6 +311,7 @@ class PoolCore {
   static_assert(sizeof(Modes) == 4);
   Modes modes_;
   bool drain_announced_ = false;
+  TimePoint leases_until_ = TimePoint::max();  // after shutdown: leases held then are reclaimed
   bool fast_paths_ = false;  // the config allows try_acquire_fast / try_release_fast
   int batch_depth_ = 0;      // >0: capacity is settled once at the end of a batch
   WaiterId woken_ = 0;       // the waiter woken by kWake that has not retried yet

@@ -54,13 +54,7 @@ void futex_wake(std::atomic<std::uint32_t>* word) {
 
 using Lock = std::unique_lock<FutexLock>;
 
-std::uint32_t slot_of(SessionId id) { return static_cast<std::uint32_t>(id & 0xffffffffu); }
-
-TimePoint saturating_add(TimePoint t, Duration d) {
-  if (d.count() <= 0) return t;
-  if (d > TimePoint::max() - t) return TimePoint::max();
-  return t + d;
-}
+std::uint32_t slot_of(SessionId id) { return core::session_slot(id); }
 
 }  // namespace
 
@@ -68,9 +62,9 @@ class PoolEngine {
  public:
   PoolEngine(std::unique_ptr<core::PoolCore> core, ErasedFactory factory, PoolOptions options)
       : clock_(options.clock != nullptr ? options.clock : &real_clock()),
+        cap_(std::move(options.shared_cap)),
         core_(std::move(core)),
         factory_(std::move(factory)),
-        cap_(std::move(options.shared_cap)),
         tick_interval_(options.tick_interval.count() > 0 ? options.tick_interval
                                                          : std::chrono::milliseconds(10)) {
     Lock lock(mu_);
@@ -91,7 +85,7 @@ class PoolEngine {
     if (fresh > now_) now_ = fresh;
     const TimePoint now = now_;
     const core::AcquireRequest request{.priority = o.priority,
-                                       .deadline = saturating_add(now, o.timeout),
+                                       .deadline = deadline_after(now, o.timeout),
                                        .client_session = o.client_session,
                                        .owner = o.owner,
                                        .lease_timeout = o.lease_timeout};
@@ -176,7 +170,7 @@ class PoolEngine {
       core_->shutdown(now_, out_);
       flush(lock);
       // Let leases in flight come back: their sessions stop on release.
-      const TimePoint until = saturating_add(clock_->now(), grace);
+      const TimePoint until = deadline_after(clock_->now(), grace);
       while (core_->session_count() > 0 && clock_->now() < until) {
         changed_.wait_for(lock, std::min<Duration>(until - clock_->now(), tick_interval_));
       }
@@ -460,9 +454,9 @@ class PoolEngine {
   mutable FutexLock mu_;
   std::condition_variable_any work_cv_;
   std::condition_variable_any changed_;
+  std::shared_ptr<SharedCap> cap_;  // declared first: outlives the core, which releases into it
   std::unique_ptr<core::PoolCore> core_;
   ErasedFactory factory_;
-  std::shared_ptr<SharedCap> cap_;  // keeps the shared cap alive as long as the core
   Duration tick_interval_;
 
   TimePoint now_{};  // coarse time: refreshed by ticks and slow paths
@@ -563,7 +557,7 @@ std::expected<std::uint64_t, Error> engine_reserve(PoolEngine* engine, std::stri
   return engine->control(
       [&](core::PoolCore& c, TimePoint now,
           core::Output& out) -> std::expected<std::uint64_t, Error> {
-        auto r = c.reserve(owner, saturating_add(now, duration), now, out);
+        auto r = c.reserve(owner, deadline_after(now, duration), now, out);
         if (!r) return std::unexpected(std::move(r.error()));
         return r->id;
       });

@@ -18,11 +18,6 @@ using namespace std::chrono_literals;
 
 std::string id_text(std::uint64_t id) { return std::to_string(id); }
 
-bool is_session_failure(ErrorCode code) {
-  return code == ErrorCode::kSessionLost || code == ErrorCode::kProtocolError ||
-         code == ErrorCode::kExecuteTimeout;
-}
-
 // A coroutine's unexpected exception ends at its co_spawn boundary, logged.
 auto log_exception(Log* log, std::string where) {
   return [log, where = std::move(where)](std::exception_ptr e) {
@@ -140,14 +135,9 @@ void PoolRunner::do_acquire(const std::shared_ptr<PendingAcquire>& p) {
     return;
   }
   const TimePoint t = now();
-  const Duration timeout = p->args.timeout;
   // The wait counts from the call, not from when the strand got to it.
-  TimePoint deadline = TimePoint::max();
-  if (timeout != Duration::max()) {
-    deadline = timeout <= Duration{0} ? p->called_at : p->called_at + timeout;
-  }
   const core::AcquireRequest request{.priority = p->args.priority,
-                                     .deadline = deadline,
+                                     .deadline = deadline_after(p->called_at, p->args.timeout),
                                      .client_session = p->args.client_session,
                                      .owner = p->args.owner,
                                      .lease_timeout = p->args.lease_timeout};
@@ -200,7 +190,7 @@ void PoolRunner::initiate_release(LeaseId lease, std::optional<std::string> owne
       complete(std::move(h), std::expected<void, Error>(std::unexpected(held.error())));
       return;
     }
-    auto it = self->sessions_.find(*held);
+    auto it = self->sessions_.find(held->session);
     if (it != self->sessions_.end()) {
       Running& r = *it->second;
       if (r.releasing) {
@@ -228,7 +218,7 @@ void PoolRunner::do_release(LeaseId lease, core::ReleaseOutcome outcome,
   auto held = core_->leased_session(lease, std::nullopt);
   std::shared_ptr<Running> running;
   if (held) {
-    if (auto it = sessions_.find(*held); it != sessions_.end()) running = it->second;
+    if (auto it = sessions_.find(held->session); it != sessions_.end()) running = it->second;
   }
   if (held && running != nullptr && outcome == core::ReleaseOutcome::kOk &&
       driver_->reset_on_release() && !running->stopping) {
@@ -274,7 +264,7 @@ void PoolRunner::initiate_execute(LeaseId lease, std::optional<std::string> owne
       complete(std::move(h), Result(std::unexpected(held.error())));
       return;
     }
-    auto it = self->sessions_.find(*held);
+    auto it = self->sessions_.find(held->session);
     if (it == self->sessions_.end() || it->second->stopping) {
       complete(std::move(h), Result(std::unexpected(
                                  Error(ErrorCode::kSessionLost, "the session is gone"))));
@@ -285,12 +275,8 @@ void PoolRunner::initiate_execute(LeaseId lease, std::optional<std::string> owne
                                                            "the lease is being released"))));
       return;
     }
-    if (request.client_session.empty()) {
-      // The lease's client session goes with its requests.
-      if (auto info = self->core_->session(*held, self->now())) {
-        request.client_session = std::move(info->client_session);
-      }
-    }
+    // The lease's client session goes with its requests.
+    if (request.client_session.empty()) request.client_session = held->client_session;
     ++it->second->executing;
     asio::co_spawn(self->strand_, self->run_execute(it->second, std::move(request), std::move(h)),
                    log_exception(self->log_, "execute"));
@@ -340,9 +326,7 @@ asio::awaitable<std::expected<ExecuteReply, Error>> PoolRunner::run_once(Acquire
   auto executing = execute(lease->lease, no_owner, std::move(request), asio::use_awaitable);
   auto reply = co_await std::move(executing);
   const core::ReleaseOutcome outcome =
-      reply ? core::ReleaseOutcome::kOk
-            : (is_session_failure(reply.error().code) ? core::ReleaseOutcome::kBroken
-                                                      : core::ReleaseOutcome::kError);
+      reply ? core::ReleaseOutcome::kOk : core::release_outcome_for(reply.error().code);
   // Not cancellable: a lease taken must be given back.
   co_await asio::this_coro::reset_cancellation_state();
   auto releasing = release(lease->lease, no_owner, outcome, asio::use_awaitable);

@@ -284,6 +284,29 @@ TEST_F(PoolCoreTest, ShutdownAnswersWaitersAndStopsSessions) {
   EXPECT_EQ(h.count(ActionType::kStartSession), 1) << "nothing restarts after shutdown";
 }
 
+// Verifies that leases still held when shutdown's grace ends are reclaimed:
+// their sessions stop, a late release gets kShutdown, and the pool drains;
+// a lease returned in time ends normally.
+TEST_F(PoolCoreTest, ShutdownReclaimsLeasesAfterGrace) {
+  CoreHarness& h = make_started(quiet_config(2, 2));
+  const Grant early = h.lease_now();
+  const Grant late = h.lease_now();
+  h.shutdown(h.now() + seconds(5));
+  EXPECT_EQ(h.core().next_due(), h.now() + seconds(5));
+  h.advance(seconds(4));
+  ASSERT_TRUE(h.release(early.lease).has_value()) << "returned within the grace period";
+  EXPECT_EQ(h.count_stops(StopReason::kShutdown), 1);
+  h.advance(seconds(2));
+  ASSERT_EQ(h.count_stops(StopReason::kShutdown), 2);
+  EXPECT_EQ(h.stops(StopReason::kShutdown)[1].session, late.session);
+  EXPECT_EQ(h.events_of(EventType::kLeaseReclaimed).size(), 1u);
+  auto refused = h.release(late.lease);
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_EQ(refused.error().code, ErrorCode::kShutdown);
+  h.complete_stops();
+  EXPECT_TRUE(h.core().drained());
+}
+
 // Verifies that shutdown stops idle sessions at once and is final (resume does not undo it).
 TEST_F(PoolCoreTest, ShutdownIsFinal) {
   CoreHarness& h = make_started(quiet_config(2, 2));

@@ -264,7 +264,7 @@ TEST_F(PoolCoreTest, RecyclesSessionOverResourceLimit) {
   EXPECT_EQ(h.count_stops(StopReason::kCpuLimit), 0) << "the current lease finishes first";
   auto held = h.core().leased_session(a.lease, std::nullopt);
   ASSERT_TRUE(held.has_value());
-  EXPECT_EQ(*held, a.session);
+  EXPECT_EQ(held->session, a.session);
   ASSERT_TRUE(h.release(a.lease).has_value());
   ASSERT_EQ(h.count_stops(StopReason::kCpuLimit), 1);
   EXPECT_EQ(h.stops(StopReason::kCpuLimit)[0].session, a.session);
@@ -275,6 +275,25 @@ TEST_F(PoolCoreTest, RecyclesSessionOverResourceLimit) {
   EXPECT_NE(c.session, b.session);
   EXPECT_EQ(h.core().leased_session(a.lease, std::nullopt).error().code,
             ErrorCode::kLeaseAlreadyReleased);
+}
+
+// Verifies that a session recycled while it is being checked is stopped when
+// the check ends, and its replacement starts as the stop begins.
+TEST_F(PoolCoreTest, RecycledDuringCheckIsReplacedAtOnce) {
+  PoolConfig c = quiet_config(1, 2);
+  c.health_error_penalty = 60;  // one failed lease sends the session to a check
+  CoreHarness& h = make_started(c);
+  const Grant a = h.lease_now();
+  ASSERT_TRUE(h.release(a.lease, ReleaseOutcome::kError).has_value());
+  ASSERT_EQ(h.info(a.session).state, SessionState::kChecking);
+  h.recycle(a.session, StopReason::kMemoryLimit);
+  EXPECT_EQ(h.count_stops(StopReason::kMemoryLimit), 0) << "the check finishes first";
+  const int starts = h.count(ActionType::kStartSession);
+  h.check_result(a.session, true);
+  ASSERT_EQ(h.count_stops(StopReason::kMemoryLimit), 1);
+  EXPECT_EQ(h.count(ActionType::kStartSession), starts + 1)
+      << "the replacement starts before the stop completes";
+  EXPECT_FALSE(h.stopped(a.session) && h.count(ActionType::kGrant) > 0);
 }
 
 }  // namespace

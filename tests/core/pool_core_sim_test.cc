@@ -422,6 +422,7 @@ struct CoreModel {
   bool draining = false;
   bool emergency = false;
   bool shutdown = false;
+  TimePoint leases_until = TimePoint::max();  // shutdown's grace for leases
   std::optional<TimePoint> last_start_failure;
 
   std::uint64_t grants = 0;
@@ -958,8 +959,8 @@ void Sim::absorb(int ci, const Output& out, const Effects& fx) {
         fail("lease_lost_event",
              cat(lname(m, l.id), " was lost with ", sid(l.session), " but no kLeaseLost event"));
       }
-    } else if (t >= l.expires) {
-      code = ErrorCode::kLeaseReclaimed;
+    } else if (t >= l.expires || (m.shutdown && t >= m.leases_until)) {
+      code = m.shutdown && t >= m.leases_until ? ErrorCode::kShutdown : ErrorCode::kLeaseReclaimed;
       ++m.reclaimed;
       if (!has_stop(out, l.session)) {
         fail("reclaimed_session_not_stopped",
@@ -982,7 +983,9 @@ void Sim::absorb(int ci, const Output& out, const Effects& fx) {
                ") ended without release, timeout or exit; lease_of=", m.core->lease_of(l.session)));
     }
     note(" | ", code == ErrorCode::kSessionLost ? "lost " : "reclaimed ", lname(m, l.id));
-    seen(code == ErrorCode::kSessionLost ? "lease lost with its session" : "lease reclaimed");
+    seen(code == ErrorCode::kSessionLost ? "lease lost with its session"
+         : code == ErrorCode::kShutdown  ? "lease reclaimed at shutdown"
+                                         : "lease reclaimed");
     if (auto it = m.sessions.find(l.session); it != m.sessions.end()) it->second.lease = 0;
     m.ended.emplace_back(l.id, code);
     drop_client_lease(m, l);
@@ -1613,6 +1616,8 @@ void Sim::release_lease(int ci, std::size_t index, std::optional<std::string_vie
     note(" -> ok");
   } else if (result.error().code == ErrorCode::kLeaseReclaimed && t >= l.expires) {
     note(" -> lease_reclaimed (expired)");
+  } else if (result.error().code == ErrorCode::kShutdown && m.shutdown && t >= m.leases_until) {
+    note(" -> shutdown (past the grace)");
   } else {
     fail("release_failed", cat("releasing held ", lname(m, l.id), " failed: ",
                                code_name(result.error().code), ": ", result.error().message));
@@ -1689,7 +1694,8 @@ void Sim::do_release_wrong_owner(int ci, const Op& op) {
          cat("'", wrong, "' released ", lname(m, l.id), " of '", l.owner, "'"));
   const ErrorCode code = result.error().code;
   if (code != ErrorCode::kNotLeaseOwner &&
-      !(code == ErrorCode::kLeaseReclaimed && t >= l.expires)) {
+      !(code == ErrorCode::kLeaseReclaimed && t >= l.expires) &&
+      !(code == ErrorCode::kShutdown && m.shutdown && t >= m.leases_until)) {
     fail("wrong_owner_code",
          cat("release by the wrong owner gave ", code_name(code), ", expected not_lease_owner"));
   }
@@ -2102,9 +2108,16 @@ void Sim::do_control(int ci, OpKind kind) {
       m.core->emergency_resume(t, out);
       break;
     default:
-      begin(cat("core", ci, " shutdown"));
+      // A third of shutdowns give leases no deadline, a third until now, a third 2 s.
+      switch (t.time_since_epoch().count() % 3) {
+        case 0: m.leases_until = TimePoint::max(); break;
+        case 1: m.leases_until = t; break;
+        default: m.leases_until = t + 2s; break;
+      }
+      begin(cat("core", ci, " shutdown leases_until=",
+                m.leases_until == TimePoint::max() ? std::string("never") : at(m.leases_until)));
       m.shutdown = true;
-      m.core->shutdown(t, out);
+      m.core->shutdown(t, out, m.leases_until);
       break;
   }
   absorb(ci, out, {});

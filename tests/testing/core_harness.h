@@ -74,25 +74,8 @@ inline PoolConfig quiet_config(int min = 0, int max = 4) {
   return c;
 }
 
-// The fields of core::AcquireRequest, with every member defaulted so tests can use designated
-// initializers under -Wextra -Werror (AcquireRequest's string_views have no initializer).
-struct AcquireArgs {
-  int priority = kNormalPriority;
-  TimePoint deadline = TimePoint::max();
-  std::string_view client_session{};
-  std::string_view owner{};
-  Duration lease_timeout{0};
-
-  AcquireRequest request() const {
-    AcquireRequest r;
-    r.priority = priority;
-    r.deadline = deadline;
-    r.client_session = client_session;
-    r.owner = owner;
-    r.lease_timeout = lease_timeout;
-    return r;
-  }
-};
+// What tests pass to acquire: the core's own request (every member defaults).
+using AcquireArgs = AcquireRequest;
 
 class CoreHarness {
  public:
@@ -116,11 +99,10 @@ class CoreHarness {
   }
 
   std::expected<AcquireOutcome, Error> acquire(const AcquireArgs& args) {
-    const AcquireRequest request = args.request();
+    const AcquireRequest& request = args;
     std::expected<AcquireOutcome, Error> result;
     call([&](Output& o) { result = core_->acquire(request, now(), o); });
     if (result && !result->granted) queued_.push_back(result->waiter);
-    if (result && result->granted) immediate_.push_back(result->grant);
     return result;
   }
   // An acquire that waits at most `timeout` from now.
@@ -198,8 +180,8 @@ class CoreHarness {
   void emergency_resume() {
     call([&](Output& o) { core_->emergency_resume(now(), o); });
   }
-  void shutdown() {
-    call([&](Output& o) { core_->shutdown(now(), o); });
+  void shutdown(TimePoint leases_until = TimePoint::max()) {
+    call([&](Output& o) { core_->shutdown(now(), o, leases_until); });
   }
 
   std::expected<core::ReservationInfo, Error> reserve(std::string_view owner, Duration lasting) {
@@ -470,7 +452,6 @@ class CoreHarness {
   std::vector<WaiterId> grant_order_;
   std::vector<WaiterId> wakes_;
   std::vector<WaiterId> queued_;
-  std::vector<Grant> immediate_;
   std::set<WaiterId> cancelled_;
 };
 
