@@ -65,6 +65,14 @@ struct PoolConfig {
   double lifetime_jitter = 0.1;                     // ...minus up to this fraction, at random
   std::int64_t max_uses = 0;                        // recycle a session after this many leases
 
+  // --- resource limits (0: off), measured by the shell (usage_sampled) ---
+  // A session over one is recycled after its current lease: stopped once it
+  // comes back, never handed out again.
+  std::int64_t max_memory = 0;        // bytes of resident memory (a process tree's RSS)
+  double max_cpu_percent = 0;         // 100 = one core, above it for...
+  int cpu_percent_samples = 3;        // ...this many samples in a row
+  Duration max_cpu_time{0};           // CPU time used since it started
+
   // --- health ---
   int health_error_penalty = 25;     // score lost when a lease ends with an error (score 0..100)
   int health_success_recovery = 5;   // score regained per clean lease or passed check

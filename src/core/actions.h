@@ -58,6 +58,7 @@ enum class EventType : std::uint8_t {
   kSessionStarted,
   kSessionStartFailed,
   kSessionUnhealthy,
+  kSessionOverLimit,  // measured over a resource limit (reason; value: bytes, % or ms)
   kSessionRecovered,
   kSessionClosing,
   kSessionClosed,

@@ -77,6 +77,7 @@ std::string_view to_string(EventType type) {
     case EventType::kSessionStarted: return "session_started";
     case EventType::kSessionStartFailed: return "session_start_failed";
     case EventType::kSessionUnhealthy: return "session_unhealthy";
+    case EventType::kSessionOverLimit: return "session_over_limit";
     case EventType::kSessionRecovered: return "session_recovered";
     case EventType::kSessionClosing: return "session_closing";
     case EventType::kSessionClosed: return "session_closed";

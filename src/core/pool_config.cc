@@ -40,6 +40,14 @@ std::expected<void, Error> validate_config(const PoolConfig& c) {
     return bad("lifetime_jitter", "must be in [0, 1), got " + to_string(c.lifetime_jitter));
   }
   if (c.max_uses < 0) return bad("max_uses", "must be >= 0, got " + to_string(c.max_uses));
+  if (c.max_memory < 0) return bad("max_memory", "must be >= 0, got " + to_string(c.max_memory));
+  if (!(c.max_cpu_percent >= 0)) {
+    return bad("max_cpu_percent", "must be >= 0, got " + std::to_string(c.max_cpu_percent));
+  }
+  if (c.cpu_percent_samples < 1) {
+    return bad("cpu_percent_samples", "must be >= 1, got " + to_string(c.cpu_percent_samples));
+  }
+  if (c.max_cpu_time.count() < 0) return bad("max_cpu_time", "must be >= 0");
   if (c.health_error_penalty < 0 || c.health_error_penalty > 100) {
     return bad("health_error_penalty", "must be in 0..100, got " + to_string(c.health_error_penalty));
   }

@@ -36,6 +36,7 @@ struct PoolCore::Slot {
   TimePoint last_used{};       // started, released or checked: what validation measures
   StopReason stop_reason = StopReason::kShutdown;
   std::optional<StopReason> recycle;  // retire at the next return (over a resource limit)
+  int cpu_over = 0;                   // samples in a row above max_cpu_percent
 
   // Lease sequence for this slot; only grows, across incarnations.
   std::uint64_t next_lease_seq = 0;
@@ -194,6 +195,7 @@ void PoolCore::start_session(TimePoint now, Output& out) {
   s.in_use = true;
   ++s.incarnation;
   s.recycle.reset();
+  s.cpu_over = 0;
   s.id = make_session_id(s.incarnation, index);
   s.state = SessionState::kStarting;
   ++by_state_[static_cast<int>(SessionState::kStarting)];
@@ -1444,6 +1446,35 @@ ReleaseOutcome release_outcome_for(ErrorCode code) {
     default:
       return ReleaseOutcome::kError;
   }
+}
+
+void PoolCore::usage_sampled(SessionId session, const UsageSample& u, TimePoint now, Output& out) {
+  Slot* s = find(session);
+  if (s == nullptr || s->state == SessionState::kClosing || s->recycle) return;
+  std::optional<StopReason> over;
+  std::int64_t value = 0;
+  if (config_.max_memory > 0 && u.memory_bytes > config_.max_memory) {
+    over = StopReason::kMemoryLimit;
+    value = u.memory_bytes;
+  } else if (config_.max_cpu_time.count() > 0 && u.cpu_time > config_.max_cpu_time) {
+    over = StopReason::kCpuLimit;
+    value = std::chrono::duration_cast<std::chrono::milliseconds>(u.cpu_time).count();
+  } else if (config_.max_cpu_percent > 0 && u.cpu_percent >= 0) {
+    s->cpu_over = u.cpu_percent > config_.max_cpu_percent ? s->cpu_over + 1 : 0;
+    if (s->cpu_over >= config_.cpu_percent_samples) {
+      over = StopReason::kCpuLimit;
+      value = static_cast<std::int64_t>(u.cpu_percent);
+    }
+  }
+  if (!over) return;
+  Event e;
+  e.type = EventType::kSessionOverLimit;
+  e.at = now;
+  e.session = s->id;
+  e.reason = *over;
+  e.value = value;
+  out.events.push_back(std::move(e));
+  recycle(session, *over, now, out);
 }
 
 void PoolCore::recycle(SessionId session, StopReason reason, TimePoint now, Output& out) {

@@ -78,6 +78,13 @@ enum class ReleaseOutcome : std::uint8_t {
 // session itself failed (died, broke its protocol, hung), with an error otherwise.
 ReleaseOutcome release_outcome_for(ErrorCode code);
 
+// A session's resource use as a shell measured it; negative: unknown.
+struct UsageSample {
+  std::int64_t memory_bytes = -1;
+  double cpu_percent = -1;   // over the last sampling interval; 100 = one core
+  Duration cpu_time{-1};     // since the session started
+};
+
 // A lease being held: its session and the client session it was taken for.
 struct HeldLease {
   SessionId session = 0;
@@ -141,8 +148,13 @@ class PoolCore {
   std::expected<HeldLease, Error> leased_session(LeaseId lease,
                                                  std::optional<std::string_view> owner) const;
 
-  // A shell saw `session` go over a resource limit: it is stopped now when
-  // idle, otherwise when it comes back (after its current lease or check).
+  // What a shell measured of `session`; over a limit of the config
+  // (max_memory, max_cpu_time, max_cpu_percent sustained over
+  // cpu_percent_samples samples) the session is recycled. Negative fields are
+  // unknown and ignored.
+  void usage_sampled(SessionId session, const UsageSample& usage, TimePoint now, Output& out);
+  // Recycles `session` for `reason`: stopped now when idle, otherwise when it
+  // comes back (after its current lease or check), never handed out again.
   void recycle(SessionId session, StopReason reason, TimePoint now, Output& out);
 
   // --- results of actions ---

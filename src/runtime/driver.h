@@ -5,8 +5,8 @@
 // C++20 coroutine on the pool's strand: a driver never blocks a thread and
 // never needs a lock for state it only touches from those coroutines. Drivers
 // carry out; they decide nothing. The pool core says when to start, check or
-// stop a session; a driver only reports how that went, and reports sessions
-// that end on their own (wait_ended) or go over a resource limit (sample).
+// stop a session; a driver only reports how that went, reports sessions that
+// end on their own (wait_ended), and measures their usage (sample).
 //
 // Thread-safety: all calls on the pool's strand (the executor the coroutine
 // runs on), except describe(), which is const and safe anywhere.
@@ -65,9 +65,10 @@ class DriverSession {
   // Completes once the session has ended: on its own (the text says why) or
   // after stop().
   virtual asio::awaitable<std::string> wait_ended() = 0;
-  // Refreshes usage; returns a reason when the session is over one of its
-  // limits and must be recycled after its current work.
-  virtual std::optional<StopReason> sample(TimePoint now) = 0;
+  // Measures the session now and returns its usage (the pool core decides
+  // what is over a limit).
+  virtual Usage sample(TimePoint now) = 0;
+  // The last measured usage.
   virtual Usage usage() const = 0;
   // What a lease hands out to reach the session (an endpoint URL); empty when
   // the session is only used through execute.

@@ -58,6 +58,12 @@ struct PoolRunner::PendingAcquire {
 std::expected<std::shared_ptr<PoolRunner>, Error> PoolRunner::create(
     Executor executor, PoolConfig config, std::unique_ptr<Driver> driver, RunnerOptions options) {
   if (driver == nullptr) return std::unexpected(Error(ErrorCode::kInvalidConfig, "no driver"));
+  if ((config.max_memory > 0 || config.max_cpu_percent > 0 || config.max_cpu_time.count() > 0) &&
+      driver->sample_interval().count() <= 0) {
+    return std::unexpected(Error(ErrorCode::kInvalidConfig,
+                                 "max_memory/max_cpu_percent/max_cpu_time: the driver does not "
+                                 "measure usage (its sample_interval is 0)"));
+  }
   // The runner reports lease events (the daemon streams them).
   auto core = core::PoolCore::create(std::move(config),
                                      {.seed = options.seed, .shared_cap = options.shared_cap});
@@ -521,11 +527,15 @@ asio::awaitable<void> PoolRunner::sample_loop() {
     core::Output out;
     for (auto& [id, running] : sessions_) {
       if (running->stopping) continue;
-      if (std::optional<StopReason> over = running->session->sample(t)) {
-        log_->write(LogLevel::kInfo, "session over its limit; recycling after its current work",
-                    {{"pool", name_}, {"session", id_text(id)}, {"reason", to_string(*over)}});
-        core_->recycle(id, *over, t, out);
-      }
+      const Usage u = running->session->sample(t);
+      core_->usage_sampled(
+          id,
+          {.memory_bytes = u.rss_bytes,
+           .cpu_percent = u.cpu_percent,
+           .cpu_time = u.cpu_seconds < 0 ? Duration{-1}
+                                          : std::chrono::duration_cast<Duration>(
+                                                std::chrono::duration<double>(u.cpu_seconds))},
+          t, out);
     }
     apply(out);
   }

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cmath>
 #include <functional>
 #include <string>
 
@@ -33,6 +34,10 @@ class PoolConfigTest : public ::testing::Test {
     c.max_lifetime = seconds(3600);
     c.lifetime_jitter = 0.2;
     c.max_uses = 100;
+    c.max_memory = std::int64_t{512} << 20;
+    c.max_cpu_percent = 90;
+    c.cpu_percent_samples = 5;
+    c.max_cpu_time = seconds(600);
     c.validate_after_idle = seconds(10);
     c.check_interval = seconds(30);
     return c;
@@ -101,6 +106,15 @@ TEST_F(PoolConfigTest, RefusesNegativeMin) {
 // Verifies that a negative overflow is refused naming overflow.
 TEST_F(PoolConfigTest, RefusesNegativeOverflow) {
   expect_bad(with([](PoolConfig& c) { c.overflow = -1; }), "overflow");
+}
+
+// Verifies that bad resource limits are refused, each naming its key.
+TEST_F(PoolConfigTest, RefusesBadResourceLimits) {
+  expect_bad(with([](PoolConfig& c) { c.max_memory = -1; }), "max_memory");
+  expect_bad(with([](PoolConfig& c) { c.max_cpu_percent = -5; }), "max_cpu_percent");
+  expect_bad(with([](PoolConfig& c) { c.max_cpu_percent = std::nan(""); }), "max_cpu_percent");
+  expect_bad(with([](PoolConfig& c) { c.cpu_percent_samples = 0; }), "cpu_percent_samples");
+  expect_bad(with([](PoolConfig& c) { c.max_cpu_time = seconds(-1); }), "max_cpu_time");
 }
 
 // Verifies that min_idle above max is refused naming min_idle.

@@ -296,5 +296,43 @@ TEST_F(PoolCoreTest, RecycledDuringCheckIsReplacedAtOnce) {
   EXPECT_FALSE(h.stopped(a.session) && h.count(ActionType::kGrant) > 0);
 }
 
+// Verifies the resource-limit rules on sampled usage: memory and CPU time
+// recycle at once, CPU percent only when above for cpu_percent_samples
+// samples in a row; unknown values are ignored.
+TEST_F(PoolCoreTest, RecyclesOnSampledUsageOverLimits) {
+  PoolConfig c = quiet_config(3, 3);
+  c.max_memory = std::int64_t{100} << 20;
+  c.max_cpu_time = seconds(10);
+  c.max_cpu_percent = 80;
+  c.cpu_percent_samples = 3;
+  CoreHarness& h = make_started(c);
+  std::vector<SessionId> ids;
+  for (const SessionInfo& info : h.core().sessions(h.now())) ids.push_back(info.id);
+  ASSERT_EQ(ids.size(), 3u);
+
+  h.usage_sampled(ids[0], {.memory_bytes = std::int64_t{100} << 20});
+  h.usage_sampled(ids[0], {.memory_bytes = -1, .cpu_percent = -1, .cpu_time = seconds(-1)});
+  EXPECT_EQ(h.count(ActionType::kStopSession), 0) << "at the limit and unknown values pass";
+  h.usage_sampled(ids[0], {.memory_bytes = std::int64_t{200} << 20});
+  ASSERT_EQ(h.count_stops(StopReason::kMemoryLimit), 1);
+  EXPECT_EQ(h.stops(StopReason::kMemoryLimit)[0].session, ids[0]);
+  const auto over = h.events_of(EventType::kSessionOverLimit);
+  ASSERT_EQ(over.size(), 1u);
+  EXPECT_EQ(over[0].value, std::int64_t{200} << 20);
+
+  h.usage_sampled(ids[1], {.cpu_time = seconds(11)});
+  ASSERT_EQ(h.count_stops(StopReason::kCpuLimit), 1);
+  EXPECT_EQ(h.stops(StopReason::kCpuLimit)[0].session, ids[1]);
+
+  for (double percent : {90.0, 95.0, 50.0, 90.0, 99.0}) {
+    h.usage_sampled(ids[2], {.cpu_percent = percent});
+  }
+  EXPECT_EQ(h.count_stops(StopReason::kCpuLimit), 1) << "a dip resets the run of samples";
+  h.usage_sampled(ids[2], {.cpu_percent = 85.0});
+  ASSERT_EQ(h.count_stops(StopReason::kCpuLimit), 2);
+  EXPECT_EQ(h.stops(StopReason::kCpuLimit)[1].session, ids[2]);
+  EXPECT_EQ(h.events_of(EventType::kSessionOverLimit).size(), 3u);
+}
+
 }  // namespace
 }  // namespace poolkeeper::testing

@@ -218,6 +218,10 @@ PoolConfig random_config(Random& r, int index) {
   c.max_client_sessions = r.below(4) == 0 ? 1 + r.below(6) : 100000;
   c.max_client_session_document = 8 + r.below(1024);
   c.lease_events = r.below(2) == 0;
+  c.max_memory = r.below(3) == 0 ? 1000 : 0;
+  c.max_cpu_percent = r.below(3) == 0 ? 80.0 : 0.0;
+  c.cpu_percent_samples = 1 + static_cast<int>(r.below(3));
+  c.max_cpu_time = r.below(3) == 0 ? ms_range(100, 1000) : Duration{0};
   return c;
 }
 
@@ -314,6 +318,7 @@ enum class OpKind : std::uint8_t {
   kCompleteCheck,
   kSessionExited,
   kRecycle,  // the shell saw a session go over a resource limit
+  kUsage,    // the shell reports a session's measured usage
   kStaleResult,
   kAdvanceAndTick,
   kTickOne,
@@ -353,6 +358,7 @@ struct SessionModel {
   TimePoint last_active{};               // started, checked or released last
   int leases = 0;                        // leases granted on it
   bool recycle = false;                  // recycle() was called for it
+  int cpu_over = 0;                      // usage samples in a row above max_cpu_percent
 };
 
 struct LeaseModel {
@@ -557,6 +563,7 @@ class Sim {
   void do_complete_check(int ci, std::uint64_t pick, bool healthy);
   void do_exited(int ci, const Op& op);
   void do_recycle(int ci, const Op& op);
+  void do_usage(int ci, const Op& op);
   void do_stale(int ci, const Op& op);
   void do_tick(int ci);
   void do_scale(int ci, const Op& op);
@@ -666,7 +673,8 @@ Op Sim::generate(Random& r, int remaining, int total) {
   set(OpKind::kCompleteStop, stops == 0 ? 0 : 80);
   set(OpKind::kCompleteCheck, checks == 0 ? 0 : 60);
   set(OpKind::kSessionExited, m.sessions.empty() ? 0 : 12);
-  set(OpKind::kRecycle, m.sessions.empty() ? 0 : 6);
+  set(OpKind::kRecycle, m.sessions.empty() ? 0 : 3);
+  set(OpKind::kUsage, m.sessions.empty() ? 0 : 8);
   set(OpKind::kStaleResult, m.stale.empty() && m.dead.empty() ? 0 : 10);
   set(OpKind::kAdvanceAndTick, 90);
   set(OpKind::kTickOne, 20);
@@ -1299,6 +1307,9 @@ void Sim::step(const Op& op) {
       break;
     case OpKind::kRecycle:
       do_recycle(ci, op);
+      break;
+    case OpKind::kUsage:
+      do_usage(ci, op);
       break;
     case OpKind::kStaleResult:
       do_stale(ci, op);
@@ -1950,6 +1961,55 @@ void Sim::do_recycle(int ci, const Op& op) {
   auto it = m.sessions.find(*id);
   if (idle_now && it != m.sessions.end() && !it->second.stop_pending) {
     fail("recycle_idle_not_stopped", cat(sid(*id), " was idle and recycled but not stopped"));
+  }
+}
+
+// A usage sample: the model applies the limits itself and expects the core
+// to recycle exactly when a limit is crossed.
+void Sim::do_usage(int ci, const Op& op) {
+  current_ = OpKind::kUsage;
+  CoreModel& m = cores_[ci];
+  auto id = pick_session(m, op.p[0], [&](const SessionModel& s) { return !s.stop_pending; });
+  if (!id) return begin(cat("core", ci, " usage: none"));
+  const PoolConfig& c = m.cfg;
+  core::UsageSample u;
+  u.memory_bytes = static_cast<std::int64_t>(op.p[1] % 1200);
+  u.cpu_percent = static_cast<double>(op.p[2] % 100);
+  u.cpu_time = Duration{std::chrono::milliseconds(op.p[3] % 1100)};
+  if (op.p[1] % 5 == 0) u.memory_bytes = -1;  // unknown
+  begin(cat("core", ci, " usage ", sid(*id), " mem=", u.memory_bytes, " cpu%=", u.cpu_percent,
+            " cpu_time=", ms(u.cpu_time)));
+  SessionModel& s = m.sessions[*id];
+  bool over = false;
+  if (!s.recycle) {
+    if (c.max_memory > 0 && u.memory_bytes > c.max_memory) {
+      over = true;
+    } else if (c.max_cpu_time.count() > 0 && u.cpu_time > c.max_cpu_time) {
+      over = true;
+    } else if (c.max_cpu_percent > 0) {
+      s.cpu_over = u.cpu_percent > c.max_cpu_percent ? s.cpu_over + 1 : 0;
+      over = s.cpu_over >= c.cpu_percent_samples;
+    }
+  }
+  const bool idle_now = !s.start_pending && !s.check_pending && s.lease == 0;
+  if (over) s.recycle = true;
+  Output out;
+  m.core->usage_sampled(*id, u, now(), out);
+  const bool event = std::any_of(out.events.begin(), out.events.end(), [&](const Event& e) {
+    return e.type == EventType::kSessionOverLimit && e.session == *id;
+  });
+  if (event != over) {
+    fail("usage_limit", cat(sid(*id), over ? " crossed a limit without" : " got",
+                            " a kSessionOverLimit event"));
+  }
+  if (!over && has_stop(out, *id)) {
+    fail("usage_stopped_under_limit", cat(sid(*id), " was stopped by a sample under its limits"));
+  }
+  Effects fx;
+  absorb(ci, out, fx);
+  auto it = m.sessions.find(*id);
+  if (over && idle_now && it != m.sessions.end() && !it->second.stop_pending) {
+    fail("usage_idle_not_stopped", cat(sid(*id), " was idle and over a limit but not stopped"));
   }
 }
 

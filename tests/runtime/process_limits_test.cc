@@ -149,9 +149,10 @@ TEST_F(ProcessPoolTest, RecyclesWorkerOverMemoryLimit) {
     seen->closing.push_back(e.reason);
   };
   ProcessConfig w = test_worker();
-  w.max_rss = std::int64_t{96} << 20;
   w.sample_interval = 50ms;
-  auto r = start(pool_config(1, 1), w, options);
+  PoolConfig c = pool_config(1, 1);
+  c.max_memory = std::int64_t{96} << 20;
+  auto r = start(c, w, options);
   auto lease = acquire(*r);
   ASSERT_TRUE(lease.has_value());
   const pid_t pid = pid_of(*r, lease->lease);
@@ -174,12 +175,27 @@ TEST_F(ProcessPoolTest, RecyclesWorkerOverMemoryLimit) {
             seen->closing.end());
 }
 
+// Verifies that resource limits on a pool whose driver does not measure usage are refused.
+TEST_F(ProcessPoolTest, RefusesLimitsWithoutSampling) {
+  PoolConfig c = pool_config(0, 1);
+  c.max_memory = std::int64_t{1} << 30;
+  ProcessConfig w = test_worker();
+  w.sample_interval = 0s;
+  auto driver = ProcessDriver::create(w, c.name, &runtime::null_log());
+  ASSERT_TRUE(driver.has_value());
+  auto runner = PoolRunner::create(io_->executor(), c, std::move(*driver));
+  ASSERT_FALSE(runner.has_value());
+  EXPECT_EQ(runner.error().code, ErrorCode::kInvalidConfig);
+  EXPECT_NE(runner.error().message.find("max_memory"), std::string::npos) << runner.error().message;
+}
+
 // Verifies that a worker past its CPU time limit is recycled after its lease.
 TEST_F(ProcessPoolTest, RecyclesWorkerOverCpuTime) {
   ProcessConfig w = test_worker();
-  w.max_cpu_time = 150ms;
   w.sample_interval = 50ms;
-  auto r = start(pool_config(1, 1), w);
+  PoolConfig c = pool_config(1, 1);
+  c.max_cpu_time = 150ms;
+  auto r = start(c, w);
   auto lease = acquire(*r);
   ASSERT_TRUE(lease.has_value());
   const pid_t pid = pid_of(*r, lease->lease);

@@ -94,6 +94,9 @@ class CoreHarness {
     call([&](Output& o) { core_->start(now(), o); });
   }
 
+  void usage_sampled(SessionId s, const core::UsageSample& usage) {
+    call([&](Output& o) { core_->usage_sampled(s, usage, now(), o); });
+  }
   void recycle(SessionId s, StopReason reason) {
     call([&](Output& o) { core_->recycle(s, reason, now(), o); });
   }

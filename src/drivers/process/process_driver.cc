@@ -210,10 +210,10 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
     co_return ended_reason_;
   }
 
-  std::optional<StopReason> sample(TimePoint now) override {
-    if (reaped_ || ended_) return std::nullopt;
+  Usage sample(TimePoint now) override {
+    if (ended_) return usage_;
     const TreeUsage u = tree_usage(pid_);
-    if (u.processes == 0) return std::nullopt;
+    if (u.processes == 0) return usage_;
     usage_.rss_bytes = u.rss_bytes;
     usage_.processes = u.processes;
     usage_.cpu_seconds = static_cast<double>(u.cpu_ns) / 1e9;
@@ -223,16 +223,7 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
     }
     last_sample_ = now;
     last_cpu_ns_ = u.cpu_ns;
-    if (config_.max_rss > 0 && u.rss_bytes > config_.max_rss) return StopReason::kMemoryLimit;
-    if (config_.max_cpu_time.count() > 0 && Duration(u.cpu_ns) > config_.max_cpu_time) {
-      return StopReason::kCpuLimit;
-    }
-    if (config_.max_cpu_percent > 0 && usage_.cpu_percent > config_.max_cpu_percent) {
-      if (++cpu_over_ >= config_.cpu_percent_samples) return StopReason::kCpuLimit;
-    } else {
-      cpu_over_ = 0;
-    }
-    return std::nullopt;
+    return usage_;
   }
 
   Usage usage() const override { return usage_; }
@@ -538,7 +529,6 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
   Usage usage_;
   TimePoint last_sample_{};
   std::int64_t last_cpu_ns_ = 0;
-  int cpu_over_ = 0;
 };
 
 std::vector<ResourceLimit> limits_of(const ProcessConfig& c) {
@@ -568,12 +558,7 @@ std::expected<void, Error> validate_process_config(const ProcessConfig& c) {
   if (c.reset_timeout.count() <= 0) return bad("reset_timeout", "must be positive");
   if (c.stop_grace.count() < 0) return bad("stop_grace", "must not be negative");
   if (c.kill_after.count() < 0) return bad("kill_after", "must not be negative");
-  if (c.cpu_percent_samples < 1) return bad("cpu_percent_samples", "must be at least 1");
-  if (c.max_cpu_percent < 0) return bad("max_cpu_percent", "must not be negative");
-  if ((c.max_rss > 0 || c.max_cpu_percent > 0 || c.max_cpu_time.count() > 0) &&
-      c.sample_interval.count() <= 0) {
-    return bad("sample_interval", "must be positive when a recycle limit is set");
-  }
+  if (c.sample_interval.count() < 0) return bad("sample_interval", "must not be negative");
   for (const std::string& kv : c.env) {
     if (kv.find('=') == std::string::npos || kv.front() == '=') {
       return bad("env", "\"" + kv + "\" is not NAME=value");
@@ -613,11 +598,7 @@ std::string ProcessDriver::describe() const {
   return s;
 }
 
-Duration ProcessDriver::sample_interval() const {
-  const bool limits = config_.max_rss > 0 || config_.max_cpu_percent > 0 ||
-                      config_.max_cpu_time.count() > 0;
-  return limits || config_.sample_interval.count() > 0 ? config_.sample_interval : Duration{0};
-}
+Duration ProcessDriver::sample_interval() const { return config_.sample_interval; }
 
 runtime::asio::awaitable<std::expected<std::shared_ptr<runtime::DriverSession>, Error>>
 ProcessDriver::start(SessionId id) {

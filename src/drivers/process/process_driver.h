@@ -45,11 +45,8 @@ struct ProcessConfig {
   std::int64_t limit_open_files = 0;     // RLIMIT_NOFILE
   std::int64_t limit_processes = 0;      // RLIMIT_NPROC (per user; not enforced for root)
 
-  // Recycling after the current request when measured above (0: off).
-  std::int64_t max_rss = 0;                   // bytes, the process tree's resident memory
-  double max_cpu_percent = 0;                 // sustained over cpu_percent_samples samples
-  int cpu_percent_samples = 3;
-  Duration max_cpu_time{0};                   // the tree's CPU time since start
+  // How often usage is read from /proc (0: never). The pool's max_memory,
+  // max_cpu_percent and max_cpu_time judge it.
   Duration sample_interval = std::chrono::seconds(1);
 
   // Protocol.
