@@ -15,7 +15,6 @@
 // comparison with the raw pipe is thread for thread. bench/process_report.py
 // runs the binary several times and prints medians and ratios.
 #include <signal.h>
-#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -156,16 +155,17 @@ void BM_PoolExecute(benchmark::State& state) {
 }
 BENCHMARK(BM_PoolExecute)->UseRealTime();
 
-void BM_PoolRun(benchmark::State& state) {
+// Acquire + execute + release per request on a warm one-worker pool running `command`.
+void run_warm(benchmark::State& state, std::vector<std::string> command) {
   asio::io_context io;
   PoolConfig pool;
   pool.name = "bench";
   pool.min = 1;
   pool.max = 1;
-  auto runner = make_runner(io, pool, echo_config({POOLKEEPER_ECHO_WORKER}));
+  auto runner = make_runner(io, pool, echo_config(std::move(command)));
   run_on(io, [&]() -> asio::awaitable<void> {
     runtime::AcquireArgs args{.timeout = 30s};
-    auto acquiring = runner->acquire(args);
+    auto acquiring = runner->acquire(args);  // waits until the worker is ready
     auto warm = co_await std::move(acquiring);
     if (!warm) std::abort();
     const std::optional<std::string> owner;
@@ -182,34 +182,11 @@ void BM_PoolRun(benchmark::State& state) {
   });
   state.SetItemsProcessed(state.iterations());
 }
+
+void BM_PoolRun(benchmark::State& state) { run_warm(state, {POOLKEEPER_ECHO_WORKER}); }
 BENCHMARK(BM_PoolRun)->UseRealTime();
 
-void BM_PythonWarmRun(benchmark::State& state) {
-  asio::io_context io;
-  PoolConfig pool;
-  pool.name = "python";
-  pool.min = 1;
-  pool.max = 1;
-  auto runner = make_runner(io, pool, echo_config({"python3", python_echo()}));
-  run_on(io, [&]() -> asio::awaitable<void> {
-    runtime::AcquireArgs args{.timeout = 30s};
-    auto acquiring = runner->acquire(args);
-    auto warm = co_await std::move(acquiring);
-    if (!warm) std::abort();
-    const std::optional<std::string> owner;
-    auto releasing = runner->release(warm->lease, owner, core::ReleaseOutcome::kOk);
-    (void)co_await std::move(releasing);
-    for (auto _ : state) {
-      runtime::ExecuteRequest request{.params = kParams};
-      auto running = runner->run(runtime::AcquireArgs{}, std::move(request));
-      auto reply = co_await std::move(running);
-      if (!reply) std::abort();
-    }
-    auto stopping = runner->shutdown(5s);
-    co_await std::move(stopping);
-  });
-  state.SetItemsProcessed(state.iterations());
-}
+void BM_PythonWarmRun(benchmark::State& state) { run_warm(state, {"python3", python_echo()}); }
 BENCHMARK(BM_PythonWarmRun)->UseRealTime();
 
 void BM_PythonSpawnPerRequest(benchmark::State& state) {
@@ -280,12 +257,6 @@ BENCHMARK(BM_StartThousandWorkers)->Arg(1000)->Iterations(1)->UseRealTime()->Uni
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Each worker costs the daemon four descriptors.
-  struct rlimit nofile {};
-  if (::getrlimit(RLIMIT_NOFILE, &nofile) == 0) {
-    nofile.rlim_cur = nofile.rlim_max;
-    ::setrlimit(RLIMIT_NOFILE, &nofile);
-  }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

@@ -5,8 +5,10 @@
 // Leases. All rules (sizing, the priority wait queue with deadlines, idle and
 // lease timeouts, lifetimes, health, client-session affinity, reservations,
 // pause/drain/emergency stop) live in the same deterministic PoolCore the
-// daemon uses. Factory calls (create, validate, destroy) run on the pool's
-// worker threads, never under its lock; `reset` runs in the releasing thread.
+// daemon uses. Factory calls never run under the pool's lock: create and
+// validate on its worker threads; destroy there too (or in the releasing
+// thread for a reclaimed lease's object, inline after shutdown); reset in the
+// releasing thread.
 //
 // Thread-safety: every method may be called from any thread. A Lease must be
 // used by one thread at a time, and may outlive the Pool (the object is then

@@ -28,7 +28,7 @@ class Log {
   virtual bool enabled(LogLevel level) const { return level >= LogLevel::kInfo; }
 };
 
-// JSON lines on stderr at `min_level` and above.
+// JSON lines on stderr, info and above.
 Log& stderr_log();
 // Discards everything (tests, benchmarks).
 Log& null_log();

@@ -41,8 +41,10 @@ struct PoolRunner::Running {
   int executing = 0;         // executes in flight
   bool releasing = false;    // a release (with its reset) is under way
   bool stopping = false;     // the runner is stopping it
-  // Releases waiting for the executes in flight.
-  std::vector<std::function<void()>> after_executes;
+  // A release waiting for the executes in flight (at most one: `releasing`).
+  std::optional<std::pair<core::ReleaseOutcome, Handler<std::expected<void, Error>>>>
+      release_after_executes;
+  LeaseId releasing_lease = 0;
 };
 
 // An acquire between its call and its answer.
@@ -81,8 +83,7 @@ PoolRunner::PoolRunner(Executor executor, std::unique_ptr<core::PoolCore> core,
       options_(std::move(options)),
       log_(options_.log != nullptr ? options_.log : &stderr_log()),
       tick_timer_(strand_),
-      sample_timer_(strand_),
-      grace_timer_(strand_) {}
+      sample_timer_(strand_) {}
 
 PoolRunner::~PoolRunner() = default;
 
@@ -208,10 +209,8 @@ void PoolRunner::initiate_release(LeaseId lease, std::optional<std::string> owne
       r.releasing = true;
       if (r.executing > 0) {
         // The lease ends when its requests have been answered.
-        auto shared = std::make_shared<Handler<std::expected<void, Error>>>(std::move(h));
-        r.after_executes.push_back([self, lease, outcome, shared] {
-          self->do_release(lease, outcome, std::move(*shared));
-        });
+        r.releasing_lease = lease;
+        r.release_after_executes.emplace(outcome, std::move(h));
         return;
       }
     }
@@ -242,7 +241,8 @@ void PoolRunner::do_release(LeaseId lease, core::ReleaseOutcome outcome,
 asio::awaitable<void> PoolRunner::run_reset_and_release(
     std::shared_ptr<Running> running, LeaseId lease, Handler<std::expected<void, Error>> handler) {
   auto self = shared_from_this();
-  std::expected<void, Error> reset = co_await running->session->reset();
+  auto resetting = guarded(running->session->reset(), ErrorCode::kInternal);
+  std::expected<void, Error> reset = co_await std::move(resetting);
   running->releasing = false;
   if (!reset) {
     log_->write(LogLevel::kWarn, "reset failed; the session is retired",
@@ -293,18 +293,13 @@ asio::awaitable<void> PoolRunner::run_execute(std::shared_ptr<Running> running,
                                               ExecuteRequest request,
                                               Handler<std::expected<ExecuteReply, Error>> handler) {
   auto self = shared_from_this();
-  std::expected<ExecuteReply, Error> r = std::unexpected(Error(ErrorCode::kInternal, "unset"));
-  try {
-    auto executing = running->session->execute(std::move(request));
-    r = co_await std::move(executing);
-  } catch (const std::exception& e) {
-    r = std::unexpected(Error(ErrorCode::kInternal, e.what()));
-  }
+  auto executing = guarded(running->session->execute(std::move(request)), ErrorCode::kInternal);
+  std::expected<ExecuteReply, Error> r = co_await std::move(executing);
   complete(std::move(handler), std::move(r));
-  if (--running->executing == 0 && !running->after_executes.empty()) {
-    auto waiting = std::move(running->after_executes);
-    running->after_executes.clear();
-    for (auto& fn : waiting) fn();
+  if (--running->executing == 0 && running->release_after_executes) {
+    auto [outcome, release_handler] = std::move(*running->release_after_executes);
+    running->release_after_executes.reset();
+    do_release(running->releasing_lease, outcome, std::move(release_handler));
   }
 }
 
@@ -323,6 +318,12 @@ void PoolRunner::initiate_run(AcquireArgs args, ExecuteRequest request,
 asio::awaitable<std::expected<ExecuteReply, Error>> PoolRunner::run_once(AcquireArgs args,
                                                                          ExecuteRequest request) {
   auto self = shared_from_this();
+  // Cancellation reaches the acquire only (as kCancelled): once a lease is
+  // taken, the execute and the release must run, so nothing may throw.
+  co_await asio::this_coro::throw_if_cancelled(false);
+  if ((co_await asio::this_coro::cancellation_state).cancelled() != asio::cancellation_type::none) {
+    co_return std::unexpected(Error(ErrorCode::kCancelled, "the caller went away"));
+  }
   // Each awaitable is made before its co_await: g++ 12 mishandles temporaries
   // with non-trivial members inside a co_await expression.
   auto acquiring = acquire(std::move(args), asio::use_awaitable);
@@ -333,11 +334,20 @@ asio::awaitable<std::expected<ExecuteReply, Error>> PoolRunner::run_once(Acquire
   auto reply = co_await std::move(executing);
   const core::ReleaseOutcome outcome =
       reply ? core::ReleaseOutcome::kOk : core::release_outcome_for(reply.error().code);
-  // Not cancellable: a lease taken must be given back.
-  co_await asio::this_coro::reset_cancellation_state();
   auto releasing = release(lease->lease, no_owner, outcome, asio::use_awaitable);
   (void)co_await std::move(releasing);
   co_return reply;
+}
+
+template <class T>
+asio::awaitable<std::expected<T, Error>> PoolRunner::guarded(
+    asio::awaitable<std::expected<T, Error>> call, ErrorCode code) {
+  try {
+    co_return co_await std::move(call);
+  } catch (const std::exception& e) {
+    log_->write(LogLevel::kError, "driver call threw", {{"pool", name_}, {"what", e.what()}});
+    co_return std::unexpected(Error(code, std::string("the driver failed: ") + e.what()));
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -351,6 +361,8 @@ void PoolRunner::apply(core::Output& out) {
         asio::co_spawn(strand_, run_start(a.session), log_exception(log_, "start"));
         break;
       case core::ActionType::kStopSession:
+        // Marked before the coroutine runs: an exit seen meanwhile is this stop's.
+        if (auto it = sessions_.find(a.session); it != sessions_.end()) it->second->stopping = true;
         asio::co_spawn(strand_, run_stop(a.session, a.reason), log_exception(log_, "stop"));
         break;
       case core::ActionType::kCheckSession:
@@ -414,13 +426,8 @@ void PoolRunner::log_event(const core::Event& e) {
 
 asio::awaitable<void> PoolRunner::run_start(SessionId id) {
   auto self = shared_from_this();
-  std::expected<std::shared_ptr<DriverSession>, Error> started =
-      std::unexpected(Error(ErrorCode::kInternal, "unset"));
-  try {
-    started = co_await driver_->start(id);
-  } catch (const std::exception& e) {
-    started = std::unexpected(Error(ErrorCode::kSessionStartFailed, e.what()));
-  }
+  auto starting = guarded(driver_->start(id), ErrorCode::kSessionStartFailed);
+  std::expected<std::shared_ptr<DriverSession>, Error> started = co_await std::move(starting);
   core::Output out;
   if (started && *started != nullptr) {
     auto running = std::make_shared<Running>();
@@ -450,21 +457,18 @@ asio::awaitable<void> PoolRunner::watch(SessionId id, std::shared_ptr<Running> r
 
 asio::awaitable<void> PoolRunner::run_stop(SessionId id, StopReason reason) {
   auto self = shared_from_this();
-  ++stops_running_;
-  auto it = sessions_.find(id);
-  if (it != sessions_.end()) {
+  if (auto it = sessions_.find(id); it != sessions_.end()) {
     std::shared_ptr<Running> running = it->second;
-    running->stopping = true;
     try {
       co_await running->session->stop(reason);
     } catch (const std::exception& e) {
       log_->write(LogLevel::kError, "stop failed", {{"pool", name_}, {"what", e.what()}});
     }
+    // Erased only now: shutdown completes when no session is left.
     if (auto again = sessions_.find(id); again != sessions_.end() && again->second == running) {
       sessions_.erase(again);
     }
   }
-  --stops_running_;
   core::Output out;
   core_->session_stopped(id, now(), out);
   apply(out);
@@ -476,7 +480,8 @@ asio::awaitable<void> PoolRunner::run_check(SessionId id) {
   bool healthy = false;
   if (it != sessions_.end()) {
     std::shared_ptr<Running> running = it->second;
-    auto r = co_await running->session->check(driver_->check_timeout());
+    auto checking = guarded(running->session->check(driver_->check_timeout()), ErrorCode::kInternal);
+    auto r = co_await std::move(checking);
     healthy = r.has_value();
     if (!r) {
       log_->write(LogLevel::kWarn, "health check failed",
@@ -493,12 +498,11 @@ asio::awaitable<void> PoolRunner::run_check(SessionId id) {
 
 void PoolRunner::schedule_tick() {
   if (closed_ || !started_) return;
-  const TimePoint t = now();
-  const TimePoint due = std::min(core_->next_due(), t + options_.max_tick);
-  if (due == tick_due_) return;
+  // Only ever earlier: a timer that fires early finds nothing due and re-arms.
+  const TimePoint due = std::min(core_->next_due(), now() + options_.max_tick);
+  if (due >= tick_due_) return;
   tick_due_ = due;
-  tick_timer_.expires_at(std::chrono::steady_clock::time_point(
-      std::chrono::duration_cast<std::chrono::steady_clock::duration>(due.time_since_epoch())));
+  tick_timer_.expires_at(due);
 }
 
 asio::awaitable<void> PoolRunner::tick_loop() {
@@ -570,57 +574,27 @@ void PoolRunner::initiate_shutdown(Duration grace, Completion<> handler) {
     self->shutdown_handlers_.push_back(std::move(h));
     if (!self->shutting_down_) {
       self->shutting_down_ = true;
+      const bool ticking = self->started_;
       self->started_ = true;  // a pool never started shuts down just the same
+      if (!ticking) {
+        asio::co_spawn(self->strand_, self->tick_loop(), log_exception(self->log_, "tick loop"));
+      }
+      // Leases still held after the grace are reclaimed by the core's tick.
       core::Output out;
-      self->core_->shutdown(self->now(), out);
-      asio::co_spawn(self->strand_, self->force_after(grace), log_exception(self->log_, "grace"));
+      const TimePoint t = self->now();
+      self->core_->shutdown(t, out, deadline_after(t, grace));
       self->apply(out);
     }
     self->maybe_finish_shutdown();
   });
 }
 
-asio::awaitable<void> PoolRunner::force_after(Duration grace) {
-  auto self = shared_from_this();
-  grace_timer_.expires_after(grace);
-  (void)co_await grace_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
-  if (closed_) co_return;
-  // Leases still held after the grace period: their sessions are stopped anyway.
-  std::vector<SessionId> held;
-  for (auto& [id, running] : sessions_) {
-    if (!running->stopping && core_->lease_of(id) != 0) held.push_back(id);
-  }
-  for (SessionId id : held) {
-    log_->write(LogLevel::kWarn, "stopping a leased session at shutdown",
-                {{"pool", name_}, {"session", id_text(id)}});
-    auto running = sessions_[id];
-    running->stopping = true;
-    core::Output out;
-    core_->session_exited(id, "stopped at shutdown while leased", now(), out);
-    ++stops_running_;
-    asio::co_spawn(
-        strand_,
-        [](std::shared_ptr<PoolRunner> self, SessionId sid,
-           std::shared_ptr<Running> r) -> asio::awaitable<void> {
-          co_await r->session->stop(StopReason::kShutdown);
-          if (auto it = self->sessions_.find(sid); it != self->sessions_.end() && it->second == r) {
-            self->sessions_.erase(it);
-          }
-          --self->stops_running_;
-          self->maybe_finish_shutdown();
-        }(self, id, running),
-        log_exception(log_, "forced stop"));
-    apply(out);
-  }
-}
-
 void PoolRunner::maybe_finish_shutdown() {
   if (!shutting_down_ || closed_) return;
-  if (!core_->drained() || !sessions_.empty() || stops_running_ > 0) return;
+  if (!core_->drained() || !sessions_.empty()) return;
   closed_ = true;
   tick_timer_.cancel();
   sample_timer_.cancel();
-  grace_timer_.cancel();
   for (auto& h : shutdown_handlers_) h();
   shutdown_handlers_.clear();
 }

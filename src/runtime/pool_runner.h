@@ -119,7 +119,7 @@ class PoolRunner : public std::enable_shared_from_this<PoolRunner> {
           auto slot = asio::get_associated_cancellation_slot(handler);
           self->initiate_acquire(
               std::move(a), slot,
-              Handler<std::expected<LeaseGrant, Error>>(std::move(handler), self->strand_));
+              Handler<std::expected<LeaseGrant, Error>>(std::move(handler), self->strand_.get_inner_executor()));
         },
         token, std::move(args));
   }
@@ -132,7 +132,7 @@ class PoolRunner : public std::enable_shared_from_this<PoolRunner> {
         [self = shared_from_this()](auto handler, LeaseId l, std::optional<std::string> o,
                                     core::ReleaseOutcome r) {
           self->initiate_release(
-              l, std::move(o), r, Handler<std::expected<void, Error>>(std::move(handler), self->strand_));
+              l, std::move(o), r, Handler<std::expected<void, Error>>(std::move(handler), self->strand_.get_inner_executor()));
         },
         token, lease, std::move(owner), outcome);
   }
@@ -146,7 +146,7 @@ class PoolRunner : public std::enable_shared_from_this<PoolRunner> {
                                     ExecuteRequest r) {
           self->initiate_execute(
               l, std::move(o), std::move(r),
-              Handler<std::expected<ExecuteReply, Error>>(std::move(handler), self->strand_));
+              Handler<std::expected<ExecuteReply, Error>>(std::move(handler), self->strand_.get_inner_executor()));
         },
         token, lease, std::move(owner), std::move(request));
   }
@@ -160,7 +160,7 @@ class PoolRunner : public std::enable_shared_from_this<PoolRunner> {
           auto slot = asio::get_associated_cancellation_slot(handler);
           self->initiate_run(
               std::move(a), std::move(r), slot,
-              Handler<std::expected<ExecuteReply, Error>>(std::move(handler), self->strand_));
+              Handler<std::expected<ExecuteReply, Error>>(std::move(handler), self->strand_.get_inner_executor()));
         },
         token, std::move(args), std::move(request));
   }
@@ -169,7 +169,7 @@ class PoolRunner : public std::enable_shared_from_this<PoolRunner> {
   auto snapshot(Token&& token = {}) {
     return asio::async_initiate<Token, void(PoolSnapshot)>(
         [self = shared_from_this()](auto handler) {
-          self->initiate_snapshot(Handler<PoolSnapshot>(std::move(handler), self->strand_));
+          self->initiate_snapshot(Handler<PoolSnapshot>(std::move(handler), self->strand_.get_inner_executor()));
         },
         token);
   }
@@ -182,7 +182,7 @@ class PoolRunner : public std::enable_shared_from_this<PoolRunner> {
                  Token&& token = {}) {
     return asio::async_initiate<Token, void(R)>(
         [self = shared_from_this()](auto handler, auto f) {
-          Handler<R> h(std::move(handler), self->strand_);
+          Handler<R> h(std::move(handler), self->strand_.get_inner_executor());
           self->post_to_strand([self, f = std::move(f), h = std::move(h)]() mutable {
             core::Output out;
             R r = f(*self->core_, self->now(), out);
@@ -200,7 +200,7 @@ class PoolRunner : public std::enable_shared_from_this<PoolRunner> {
   auto shutdown(Duration grace, Token&& token = {}) {
     return asio::async_initiate<Token, void()>(
         [self = shared_from_this()](auto handler, Duration g) {
-          self->initiate_shutdown(g, Completion<>(std::move(handler), self->strand_));
+          self->initiate_shutdown(g, Completion<>(std::move(handler), self->strand_.get_inner_executor()));
         },
         token, grace);
   }
@@ -247,6 +247,10 @@ class PoolRunner : public std::enable_shared_from_this<PoolRunner> {
   asio::awaitable<void> run_start(SessionId id);
   asio::awaitable<void> run_stop(SessionId id, StopReason reason);
   asio::awaitable<void> run_check(SessionId id);
+  // A driver call whose unexpected exception becomes an error value.
+  template <class T>
+  asio::awaitable<std::expected<T, Error>> guarded(asio::awaitable<std::expected<T, Error>> call,
+                                                   ErrorCode code);
   asio::awaitable<void> watch(SessionId id, std::shared_ptr<Running> running);
   asio::awaitable<void> run_execute(std::shared_ptr<Running> running, ExecuteRequest request,
                                     Handler<std::expected<ExecuteReply, Error>> handler);
@@ -256,7 +260,6 @@ class PoolRunner : public std::enable_shared_from_this<PoolRunner> {
                                                                ExecuteRequest request);
   asio::awaitable<void> tick_loop();
   asio::awaitable<void> sample_loop();
-  asio::awaitable<void> force_after(Duration grace);
 
   std::string name_{};
   asio::strand<Executor> strand_;
@@ -270,12 +273,10 @@ class PoolRunner : public std::enable_shared_from_this<PoolRunner> {
   std::unordered_map<core::WaiterId, std::shared_ptr<PendingAcquire>> waiters_;
   asio::steady_timer tick_timer_;
   asio::steady_timer sample_timer_;
-  asio::steady_timer grace_timer_;
   TimePoint tick_due_ = TimePoint::max();
   bool started_ = false;
   bool shutting_down_ = false;
   bool closed_ = false;
-  int stops_running_ = 0;
   std::vector<Completion<>> shutdown_handlers_;
 };
 

@@ -252,6 +252,43 @@ TEST_F(ProcessPoolTest, CancelledAcquireLeavesTheQueue) {
   ASSERT_TRUE(release(*r, next->lease).has_value());
 }
 
+// Verifies that cancelling a one-shot run at any moment either cancels it
+// before a lease is taken or lets it finish, and never leaves a lease out.
+TEST_F(ProcessPoolTest, CancelledRunNeverLeaksALease) {
+  auto r = start(pool_config(1, 1), test_worker());
+  ASSERT_TRUE(settles_at(*r, 1));
+  int finished = 0;
+  int cancelled = 0;
+  for (int i = 0; i < 150; ++i) {
+    asio::cancellation_signal signal;
+    // Every third request is slow, and cancelled once its lease is taken: it
+    // must still run and give the lease back.
+    const bool slow = i % 3 == 1;
+    const std::string params = slow ? std::string(R"({"op":"sleep","ms":50})")
+                                    : R"({"op":"echo","value":)" + std::to_string(i) + "}";
+    auto running = r->run({.timeout = 30s}, {.params = params},
+                          asio::bind_cancellation_slot(signal.slot(), asio::use_future));
+    if (slow) {
+      ASSERT_TRUE(wait_until([&] { return count_state(*r, SessionState::kLeased) == 1; }));
+    }
+    signal.emit(asio::cancellation_type::terminal);
+    auto reply = get(std::move(running));
+    if (slow) {
+      ASSERT_TRUE(reply.has_value()) << reply.error().message;
+    }
+    if (reply.has_value()) {
+      EXPECT_EQ(reply->json, slow ? std::string(R"("slept")") : std::to_string(i));
+      ++finished;
+    } else {
+      EXPECT_EQ(reply.error().code, ErrorCode::kCancelled) << reply.error().message;
+      ++cancelled;
+    }
+  }
+  EXPECT_GE(finished, 50) << "every run cancelled after its lease was taken finishes";
+  RecordProperty("cancelled_before_lease", cancelled);
+  ASSERT_TRUE(settles_at(*r, 1));
+}
+
 // Verifies that a release waits for an execute in flight on its lease.
 TEST_F(ProcessPoolTest, ReleaseWaitsForExecuteInFlight) {
   auto r = start(pool_config(1, 1), test_worker());

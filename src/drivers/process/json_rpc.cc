@@ -57,6 +57,16 @@ std::expected<WorkerMessage, std::string> parse_worker_line(std::string_view lin
   return m;
 }
 
+std::optional<std::int64_t> error_code_of(std::string_view error_json) {
+  json::error_code ec;
+  json::monotonic_resource mr;
+  json::value v = json::parse(error_json, ec, &mr, options(64));
+  if (ec || !v.is_object()) return std::nullopt;
+  const json::value* code = v.get_object().if_contains("code");
+  if (code == nullptr || !code->is_int64()) return std::nullopt;
+  return code->get_int64();
+}
+
 std::expected<std::string, std::string> compact_json(std::string_view text, int max_depth) {
   json::error_code ec;
   json::monotonic_resource mr;

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <expected>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -26,6 +27,9 @@ struct WorkerMessage {
 
 // Parses one line from a worker; the error says what was wrong with it.
 std::expected<WorkerMessage, std::string> parse_worker_line(std::string_view line);
+
+// The integer `code` of a JSON-RPC error object, if it has one.
+std::optional<std::int64_t> error_code_of(std::string_view error_json);
 
 // Validates JSON text and returns it compact, on one line. Nesting deeper
 // than `max_depth` is refused.

@@ -15,6 +15,7 @@
 #include <boost/asio/write.hpp>
 
 #include <algorithm>
+#include <mutex>
 #include <cstring>
 #include <deque>
 #include <optional>
@@ -72,7 +73,6 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
         pool_(std::move(pool)),
         id_(id),
         pid_(child.pid),
-        pidfd_raw_(child.pidfd),
         in_(ex, child.stdin_fd),
         out_(ex, child.stdout_fd),
         err_(ex, child.stderr_fd),
@@ -80,8 +80,7 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
         lines_(config_.max_line, LineBuffer::kFail),
         err_lines_(config_.stderr_line_max, LineBuffer::kTruncate),
         ready_timer_(ex),
-        drain_timer_(ex),
-        started_at_(real_clock().now()) {
+        drain_timer_(ex) {
     // Non-blocking on our ends only; the child's ends are other descriptions.
     in_.non_blocking(true);
     out_.non_blocking(true);
@@ -89,13 +88,13 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
   }
 
   ~Session() override {
-    if (!reaped_) {
+    if (!ended_) {
       // Dropped without a stop (the io_context went away): never leave a
       // process or a zombie behind.
       ::kill(-pid_, SIGKILL);
       ::kill(pid_, SIGKILL);
       siginfo_t info{};
-      while (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_raw_), &info,
+      while (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_.native_handle()), &info,
                       WEXITED) < 0 &&
              errno == EINTR) {
       }
@@ -156,7 +155,7 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
     auto self = shared_from_this();
     auto r = co_await request("reset", {}, {}, config_.reset_timeout);
     if (!r) co_return std::unexpected(r.error());
-    if (!r->ok && r->json.find(std::to_string(kMethodNotFound)) == std::string::npos) {
+    if (!r->ok && error_code_of(r->json) != kMethodNotFound) {
       co_return std::unexpected(
           Error(ErrorCode::kProtocolError, "reset failed: " + excerpt(r->json, 200)));
     }
@@ -404,17 +403,16 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
     // stray descendant may hold open.
     const TimePoint drain_until = real_clock().now() + 200ms;
     while ((!out_eof_ || !err_eof_) && real_clock().now() < drain_until) {
-      drain_timer_.expires_at(std::chrono::steady_clock::time_point(
-          std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-              drain_until.time_since_epoch())));
+      drain_timer_.expires_at(drain_until);
       (void)co_await drain_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
     }
     siginfo_t info{};
     int rc;
     do {
-      rc = ::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_raw_), &info, WEXITED);
+      rc = ::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_.native_handle()),
+                    &info, WEXITED);
     } while (rc < 0 && errno == EINTR);
-    reaped_ = true;
+    ended_ = true;  // reaped: no signal to its group from here on
     const std::string status = rc == 0 ? exit_text(info) : std::string("exited");
     if (failure_.empty()) {
       fail(ErrorCode::kSessionLost, status, /*kill=*/false);
@@ -423,7 +421,6 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
       ended_reason_ = failure_ + " (" + status + ")";
     }
     close_all();
-    ended_ = true;
     ready_timer_.cancel();
     for (asio::steady_timer* t : exit_waiters_) t->cancel();
   }
@@ -471,7 +468,7 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
   }
 
   void signal_group(int sig) {
-    if (reaped_) return;  // the group id may belong to someone else now
+    if (ended_) return;  // the group id may belong to someone else now
     ::kill(-pid_, sig);
   }
 
@@ -495,13 +492,11 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
   std::string pool_;
   SessionId id_;
   pid_t pid_;
-  int pidfd_raw_;
   asio::posix::stream_descriptor in_, out_, err_, pidfd_;
   LineBuffer lines_;
   LineBuffer err_lines_;
   asio::steady_timer ready_timer_;
   asio::steady_timer drain_timer_;
-  TimePoint started_at_;
 
   std::unordered_map<std::int64_t, std::shared_ptr<Pending>> pending_;
   std::int64_t next_id_ = 1;
@@ -514,8 +509,7 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
   bool stopping_ = false;
   bool out_eof_ = false;
   bool err_eof_ = false;
-  bool reaped_ = false;
-  bool ended_ = false;
+  bool ended_ = false;  // reaped: the group id may belong to someone else now
   std::string failure_;
   ErrorCode failure_code_ = ErrorCode::kSessionLost;
   std::string ended_reason_;
@@ -541,6 +535,23 @@ std::vector<ResourceLimit> limits_of(const ProcessConfig& c) {
   add(RLIMIT_NOFILE, c.limit_open_files);
   add(RLIMIT_NPROC, c.limit_processes);
   return l;
+}
+
+// Once per process: writes to a worker that died must fail with EPIPE, not
+// kill the daemon; and each worker holds four of the daemon's descriptors.
+void prepare_daemon_process() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction old {};
+    if (::sigaction(SIGPIPE, nullptr, &old) == 0 && old.sa_handler == SIG_DFL) {
+      ::signal(SIGPIPE, SIG_IGN);
+    }
+    struct rlimit nofile {};
+    if (::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+      nofile.rlim_cur = nofile.rlim_max;
+      ::setrlimit(RLIMIT_NOFILE, &nofile);
+    }
+  });
 }
 
 }  // namespace
@@ -571,17 +582,7 @@ std::expected<std::unique_ptr<ProcessDriver>, Error> ProcessDriver::create(Proce
                                                                            std::string pool,
                                                                            runtime::Log* log) {
   if (auto ok = validate_process_config(config); !ok) return std::unexpected(ok.error());
-  // Writes to a worker that died must fail with EPIPE, not kill the daemon.
-  struct sigaction old {};
-  if (::sigaction(SIGPIPE, nullptr, &old) == 0 && old.sa_handler == SIG_DFL) {
-    ::signal(SIGPIPE, SIG_IGN);
-  }
-  // Each worker holds four of the daemon's descriptors: use all the hard limit allows.
-  struct rlimit nofile {};
-  if (::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
-    nofile.rlim_cur = nofile.rlim_max;
-    ::setrlimit(RLIMIT_NOFILE, &nofile);
-  }
+  prepare_daemon_process();
   return std::unique_ptr<ProcessDriver>(new ProcessDriver(std::move(config), std::move(pool), log));
 }
 

@@ -156,6 +156,7 @@ std::expected<Child, Error> spawn(const SpawnOptions& o) {
   }
   // The pidfd first: from here on the child cannot be confused with another process.
   const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  const int pidfd_errno = errno;
   close_fd(report.write);
   close_fd(in.read);
   close_fd(out.write);
@@ -167,9 +168,10 @@ std::expected<Child, Error> spawn(const SpawnOptions& o) {
   do {
     n = ::read(report.read, data, sizeof data);
   } while (n < 0 && errno == EINTR);
-  if (n > 0 || pidfd < 0) {
-    const int open_errno = errno;
-    if (n <= 0) ::kill(pid, SIGKILL);  // no pidfd: do not keep a child we cannot watch
+  const int read_errno = errno;
+  if (n != 0 || pidfd < 0) {
+    // A failed step, an unreadable report or no pidfd: no child is kept.
+    if (n <= 0) ::kill(pid, SIGKILL);
     if (pidfd >= 0) ::close(pidfd);
     int status = 0;
     while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
@@ -179,7 +181,8 @@ std::expected<Child, Error> spawn(const SpawnOptions& o) {
       return failed(std::string(kSteps[step]) + " failed for " + o.argv[0] + ": " +
                     errno_text(data[1]));
     }
-    return failed("pidfd_open: " + errno_text(open_errno));
+    if (n < 0) return failed("reading the exec report: " + errno_text(read_errno));
+    return failed("pidfd_open: " + errno_text(pidfd_errno));
   }
   Child c;
   c.pid = pid;
