@@ -12,7 +12,6 @@
 // from any thread is fine.
 #pragma once
 
-#include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/execution/outstanding_work.hpp>
 #include <boost/asio/post.hpp>
@@ -61,9 +60,6 @@ class Completion {
                                    boost::asio::execution::outstanding_work.tracked)) {}
     void post(T... values) override {
       boost::asio::post(work, [h = std::move(handler), ... v = std::move(values)]() mutable {
-        // The operation is over: its cancellation handler goes before the
-        // caller resumes (on the caller's executor, which owns the slot).
-        boost::asio::get_associated_cancellation_slot(h).clear();
         std::move(h)(std::move(v)...);
       });
     }

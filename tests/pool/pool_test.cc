@@ -23,6 +23,7 @@
 #include "poolkeeper/pool.h"
 #include "testing/counting_factory.h"
 #include "testing/wait.h"
+#include "testing/widget_pool_test.h"
 
 namespace poolkeeper {
 namespace {
@@ -82,16 +83,8 @@ AcquireOptions with_owner(std::string_view owner, Duration timeout = kLongWait) 
   return options;
 }
 
-class PoolTest : public ::testing::Test {
+class PoolTest : public testing::WidgetPoolTest {
  protected:
-  std::unique_ptr<Pool<Widget>> make_pool(const PoolConfig& config) {
-    PoolOptions options;
-    options.seed = 7;
-    auto pool = Pool<Widget>::create(config, counting_factory(counters_), options);
-    EXPECT_TRUE(pool) << describe(pool);
-    return pool ? std::move(*pool) : nullptr;
-  }
-
   static int idle(const Pool<Widget>& pool) { return pool.stats().sessions_by_state[kIdle]; }
   static int leased(const Pool<Widget>& pool) { return pool.stats().sessions_by_state[kLeased]; }
 
@@ -109,7 +102,6 @@ class PoolTest : public ::testing::Test {
     return wait_until([&] { return counters_->destroyed.load() == n; });
   }
 
-  std::shared_ptr<FactoryCounters> counters_ = std::make_shared<FactoryCounters>();
 };
 
 // ---------------------------------------------------------------- creation

@@ -28,6 +28,7 @@
 #include "poolkeeper/pool.h"
 #include "testing/counting_factory.h"
 #include "testing/wait.h"
+#include "testing/widget_pool_test.h"
 
 namespace poolkeeper {
 namespace {
@@ -114,31 +115,11 @@ void use_lease(Lease<Widget>& lease, std::mt19937_64& rng, Tally& tally) {
   if (!released) ++tally.release_errors[released.error().code];
 }
 
-class PoolThreadsTest : public ::testing::Test {
+class PoolThreadsTest : public testing::WidgetPoolTest {
  protected:
-  std::unique_ptr<Pool<Widget>> make_pool(const PoolConfig& config, std::uint64_t seed = 7) {
-    PoolOptions options;
-    options.seed = seed;
-    auto pool = Pool<Widget>::create(config, counting_factory(counters_), options);
-    EXPECT_TRUE(pool) << describe(pool);
-    return pool ? std::move(*pool) : nullptr;
-  }
-
-  // After the pool is gone: every object made was destroyed exactly once.
-  void expect_balanced() {
-    EXPECT_TRUE(wait_until([&] {
-      return counters_->destroyed.load() == counters_->created.load() &&
-             counters_->live.load() == 0;
-    })) << "created " << counters_->created.load() << ", destroyed "
-        << counters_->destroyed.load() << ", live " << counters_->live.load();
-    EXPECT_EQ(counters_->destroyed_while_in_use.load(), 0);
-  }
-
   // Many threads acquiring with timeouts, priorities, client sessions, broken
   // and failed releases and a flaky factory; checks exclusivity and accounting.
   void hammer(Duration handoff_after);
-
-  std::shared_ptr<FactoryCounters> counters_ = std::make_shared<FactoryCounters>();
 };
 
 // Verifies that under many threads acquiring with timeouts, priorities,

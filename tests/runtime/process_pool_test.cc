@@ -273,6 +273,9 @@ TEST_F(ProcessPoolTest, CancelledRunNeverLeaksALease) {
     }
     signal.emit(asio::cancellation_type::terminal);
     auto reply = get(std::move(running));
+    // The emit reaches the coroutine through its strand; the signal must live
+    // until that hop ran (a snapshot queues behind it).
+    (void)snapshot(*r);
     if (slow) {
       ASSERT_TRUE(reply.has_value()) << reply.error().message;
     }

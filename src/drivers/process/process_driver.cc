@@ -280,11 +280,13 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
                                                 asio::as_tuple(asio::use_awaitable));
       (void)n;
       if (ec) {
+        write_queue_.clear();
+        writing_ = false;
         if (ec != asio::error::operation_aborted) {
-          fail(ErrorCode::kSessionLost, "stopped reading its stdin (" + ec.message() + ")",
-               /*kill=*/false);
+          auto closing = pipe_closed("stopped reading its stdin (" + ec.message() + ")");
+          co_await std::move(closing);  // made first: g++ 12 and temporaries in co_await
         }
-        break;
+        co_return;
       }
       write_queue_.pop_front();
     }
@@ -302,12 +304,9 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
         if (ec != asio::error::operation_aborted) {
           out_eof_ = true;
           drain_timer_.cancel();
-          // Usually the worker is exiting: report how it ended, not the pipe.
-          if (!co_await wait_exit_for(200ms)) {
-            fail(ErrorCode::kSessionLost,
-                 ec == asio::error::eof ? "closed its stdout" : "stdout failed: " + ec.message(),
-                 /*kill=*/true);
-          }
+          auto closing = pipe_closed(ec == asio::error::eof ? "closed its stdout"
+                                                            : "stdout failed: " + ec.message());
+          co_await std::move(closing);
         }
         break;
       }
@@ -453,6 +452,14 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
           }(shared_from_this()),
           asio::detached);
     }
+  }
+
+  // A pipe to the worker broke. Usually the worker is exiting: wait briefly
+  // so its requests fail with how it ended ("killed by signal 9"), not with
+  // the pipe; a worker still alive after that is broken and killed.
+  asio::awaitable<void> pipe_closed(std::string why) {
+    auto self = shared_from_this();
+    if (!co_await wait_exit_for(200ms)) fail(ErrorCode::kSessionLost, std::move(why), /*kill=*/true);
   }
 
   // True once the child has been reaped, waiting at most `d`.
