@@ -37,7 +37,7 @@ struct Usage {
 };
 
 struct ExecuteRequest {
-  std::string params{};          // JSON text (validated and compacted by the driver)
+  std::string params{};          // JSON text (validated by the driver; put on one line if it spans lines)
   std::string client_session{};  // empty for none
   Duration timeout{0};         // 0: the driver's default
 };

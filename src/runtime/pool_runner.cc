@@ -131,7 +131,7 @@ void PoolRunner::initiate_acquire(AcquireArgs args, asio::cancellation_slot slot
       });
     });
   }
-  post_to_strand([self = shared_from_this(), pending] { self->do_acquire(pending); });
+  begin_on_strand([self = shared_from_this(), pending] { self->do_acquire(pending); });
 }
 
 void PoolRunner::do_acquire(const std::shared_ptr<PendingAcquire>& p) {
@@ -189,8 +189,8 @@ std::string PoolRunner::connect_of(SessionId session) const {
 void PoolRunner::initiate_release(LeaseId lease, std::optional<std::string> owner,
                                   core::ReleaseOutcome outcome,
                                   Handler<std::expected<void, Error>> handler) {
-  post_to_strand([self = shared_from_this(), lease, owner = std::move(owner), outcome,
-                  h = std::move(handler)]() mutable {
+  begin_on_strand([self = shared_from_this(), lease, owner = std::move(owner), outcome,
+                   h = std::move(handler)]() mutable {
     auto held = self->core_->leased_session(
         lease, owner ? std::optional<std::string_view>(*owner) : std::nullopt);
     if (!held) {
@@ -261,7 +261,7 @@ asio::awaitable<void> PoolRunner::run_reset_and_release(
 void PoolRunner::initiate_execute(LeaseId lease, std::optional<std::string> owner,
                                   ExecuteRequest request,
                                   Handler<std::expected<ExecuteReply, Error>> handler) {
-  post_to_strand([self = shared_from_this(), lease, owner = std::move(owner),
+  begin_on_strand([self = shared_from_this(), lease, owner = std::move(owner),
                   request = std::move(request), h = std::move(handler)]() mutable {
     using Result = std::expected<ExecuteReply, Error>;
     auto held = self->core_->leased_session(

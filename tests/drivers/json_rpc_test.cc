@@ -56,7 +56,7 @@ TEST(JsonRpcTest, RefusesBadOutput) {
 // Verifies that request lines are single-line JSON with params and client session.
 TEST(JsonRpcTest, BuildsRequestLines) {
   EXPECT_EQ(request_line(3, "ping", {}), "{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"ping\"}\n");
-  auto params = compact_json("{\n  \"code\": \"print(1)\\n\"\n}");
+  auto params = one_line_json("{\n  \"code\": \"print(1)\\n\"\n}");
   ASSERT_TRUE(params.has_value());
   const std::string line = request_line(4, "execute", *params, "user \"42\"");
   EXPECT_EQ(line,
@@ -68,13 +68,17 @@ TEST(JsonRpcTest, BuildsRequestLines) {
   EXPECT_EQ(back->body, *params);
 }
 
-// Verifies that compact_json refuses invalid JSON and nesting past the limit.
-TEST(JsonRpcTest, CompactJsonValidates) {
-  EXPECT_FALSE(compact_json("{").has_value());
-  EXPECT_FALSE(compact_json("").has_value());
-  EXPECT_TRUE(compact_json("[[[[1]]]]", 4).has_value());
-  EXPECT_FALSE(compact_json("[[[[[1]]]]]", 4).has_value());
-  EXPECT_EQ(*compact_json(" 42 "), "42");
+// Verifies that one_line_json refuses invalid JSON and nesting past the
+// limit, keeps one-line text as it is and compacts text that spans lines.
+TEST(JsonRpcTest, OneLineJsonValidates) {
+  EXPECT_FALSE(one_line_json("{").has_value());
+  EXPECT_FALSE(one_line_json("").has_value());
+  EXPECT_FALSE(one_line_json("{\"a\":1} {").has_value());
+  EXPECT_FALSE(one_line_json("\"\xff\"").has_value());
+  EXPECT_TRUE(one_line_json("[[[[1]]]]", 4).has_value());
+  EXPECT_FALSE(one_line_json("[[[[[1]]]]]", 4).has_value());
+  EXPECT_EQ(*one_line_json(" {\"a\": [1, 2]} "), " {\"a\": [1, 2]} ");
+  EXPECT_EQ(*one_line_json("{\"a\":\r\n [1,\n 2]}"), "{\"a\":[1,2]}");
 }
 
 }  // namespace

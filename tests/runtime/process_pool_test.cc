@@ -8,8 +8,10 @@
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 
+#include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <thread>
 
 #include "testing/process_pool_fixture.h"
 
@@ -325,6 +327,39 @@ TEST_F(ProcessPoolTest, ShutdownAnswersWaitersAndStopsWorkers) {
   ASSERT_EQ(done.wait_for(60s), std::future_status::ready);
   for (pid_t p : workers) EXPECT_FALSE(process_alive(p));
   EXPECT_EQ(acquire(*r).error().code, ErrorCode::kShutdown);
+}
+
+// Verifies that destroying the io_context while a request waits for its
+// answer (a daemon torn down without a shutdown) frees the session and kills
+// its worker: no process, zombie or descriptor is left.
+TEST_F(ProcessPoolTest, DestroyedIoContextWithRequestInFlightLeavesNothing) {
+  const std::string mark =
+      ::testing::TempDir() + "/in-flight-" + std::to_string(::getpid()) + ".mark";
+  std::filesystem::remove(mark);
+  pid_t pid = -1;
+  {
+    asio::io_context io;
+    auto guard = asio::make_work_guard(io);
+    std::thread thread([&] { io.run(); });
+    auto driver = ProcessDriver::create(test_worker(), "dropped", &runtime::null_log());
+    ASSERT_TRUE(driver.has_value());
+    auto runner = PoolRunner::create(io.get_executor(), pool_config(1, 1), std::move(*driver),
+                                     {.log = &runtime::null_log()});
+    ASSERT_TRUE(runner.has_value());
+    (*runner)->start();
+    auto lease = get((*runner)->acquire({.timeout = 60s}, asio::use_future));
+    ASSERT_TRUE(lease.has_value());
+    pid = pid_of(**runner, lease->lease);
+    json::value params = {{"op", "sleep"}, {"ms", 600000}, {"mark", mark}};
+    (*runner)->execute(lease->lease, std::nullopt, {.params = json::serialize(params)},
+                       [](std::expected<ExecuteReply, Error>) {});
+    ASSERT_TRUE(wait_until([&] { return std::filesystem::exists(mark); }));
+    io.stop();
+    thread.join();
+    runner->reset();
+  }  // ~io_context: the waiting request's coroutine goes, then the session
+  std::filesystem::remove(mark);
+  EXPECT_FALSE(process_alive(pid));
 }
 
 }  // namespace

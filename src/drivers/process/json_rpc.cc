@@ -20,7 +20,8 @@ json::parse_options options(int max_depth) {
 
 std::expected<WorkerMessage, std::string> parse_worker_line(std::string_view line) {
   json::error_code ec;
-  json::monotonic_resource mr;
+  unsigned char scratch[4096];  // small messages parse without touching the heap
+  json::monotonic_resource mr(scratch, sizeof scratch);
   json::value v = json::parse(line, ec, &mr, options(256));
   if (ec) return std::unexpected("invalid JSON: " + ec.message());
   if (!v.is_object()) return std::unexpected(std::string("not a JSON object"));
@@ -67,11 +68,14 @@ std::optional<std::int64_t> error_code_of(std::string_view error_json) {
   return code->get_int64();
 }
 
-std::expected<std::string, std::string> compact_json(std::string_view text, int max_depth) {
+std::expected<std::string, std::string> one_line_json(std::string_view text, int max_depth) {
   json::error_code ec;
-  json::monotonic_resource mr;
+  unsigned char scratch[4096];
+  json::monotonic_resource mr(scratch, sizeof scratch);
   json::value v = json::parse(text, ec, &mr, options(max_depth));
   if (ec) return std::unexpected("invalid JSON: " + ec.message());
+  // Valid JSON has raw line breaks only as whitespace between tokens.
+  if (text.find_first_of("\r\n") == std::string_view::npos) return std::string(text);
   return json::serialize(v);
 }
 

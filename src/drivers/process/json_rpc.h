@@ -31,11 +31,12 @@ std::expected<WorkerMessage, std::string> parse_worker_line(std::string_view lin
 // The integer `code` of a JSON-RPC error object, if it has one.
 std::optional<std::int64_t> error_code_of(std::string_view error_json);
 
-// Validates JSON text and returns it compact, on one line. Nesting deeper
-// than `max_depth` is refused.
-std::expected<std::string, std::string> compact_json(std::string_view text, int max_depth = 256);
+// Validates JSON text and returns it on one line: unchanged when it already
+// is, compacted when it spans lines. Nesting deeper than `max_depth` is
+// refused.
+std::expected<std::string, std::string> one_line_json(std::string_view text, int max_depth = 256);
 
-// A request line, ending in '\n'. `params` is compact JSON or empty (none);
+// A request line, ending in '\n'. `params` is one-line JSON or empty (none);
 // `client_session` is added when not empty.
 std::string request_line(std::int64_t id, std::string_view method, std::string_view params,
                          std::string_view client_session = {});

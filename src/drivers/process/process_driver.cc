@@ -1,5 +1,6 @@
 #include "drivers/process/process_driver.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -8,19 +9,23 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/execution_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
 #include <algorithm>
-#include <mutex>
 #include <cstring>
 #include <deque>
+#include <mutex>
 #include <optional>
-#include <unordered_map>
 #include <unordered_set>
+#include <utility>
+#include <vector>
 
 #include "drivers/process/json_rpc.h"
 #include "drivers/process/line_buffer.h"
@@ -62,6 +67,78 @@ std::string excerpt(std::string_view s, std::size_t n = 80) {
   return out;
 }
 
+using Reply = std::expected<ExecuteReply, Error>;
+
+// A coroutine waiting for a worker's answer: its completion handler, type
+// erased, resumed on the handler's own executor (the pool's strand).
+class Resumer {
+ public:
+  Resumer() = default;
+  template <class Handler>
+  explicit Resumer(Handler&& handler)
+      : impl_(std::make_unique<Impl<std::decay_t<Handler>>>(std::forward<Handler>(handler))) {}
+
+  // At once when the caller runs on the handler's executor; queued otherwise.
+  void dispatch(Reply r) {
+    if (auto impl = std::move(impl_)) impl->resume(std::move(r), /*queue=*/false);
+  }
+  // Always queued: the caller's state need not be consistent yet.
+  void post(Reply r) {
+    if (auto impl = std::move(impl_)) impl->resume(std::move(r), /*queue=*/true);
+  }
+
+ private:
+  struct Base {
+    virtual ~Base() = default;
+    virtual void resume(Reply r, bool queue) = 0;
+  };
+  template <class Handler>
+  struct Impl final : Base {
+    explicit Impl(Handler h) : handler(std::move(h)) {}
+    void resume(Reply r, bool queue) override {
+      auto ex = asio::get_associated_executor(handler);
+      auto fn = [h = std::move(handler), r = std::move(r)]() mutable { std::move(h)(std::move(r)); };
+      if (queue) {
+        asio::post(ex, std::move(fn));
+      } else {
+        asio::dispatch(ex, std::move(fn));
+      }
+    }
+    Handler handler;
+  };
+  std::unique_ptr<Base> impl_;
+};
+
+class Session;
+
+// The live sessions on one io_context. If the io_context is destroyed while
+// sessions live (a daemon torn down without a shutdown), their coroutines may
+// keep them alive in cycles that only the io_context's teardown breaks; this
+// service kills and reaps every worker and closes its pipes when the
+// io_context shuts down, and drops the requests still waiting, so no process,
+// zombie or descriptor outlives the io_context.
+class LiveSessions final : public asio::execution_context::service {
+ public:
+  using key_type = LiveSessions;
+  static inline asio::execution_context::id id;  // NOLINT: Asio's service key
+
+  explicit LiveSessions(asio::execution_context& context) : service(context) {}
+
+  void add(Session* s) {
+    std::lock_guard lock(mu_);
+    sessions_.insert(s);
+  }
+  void remove(Session* s) {
+    std::lock_guard lock(mu_);
+    sessions_.erase(s);
+  }
+  void shutdown() override;
+
+ private:
+  std::mutex mu_;
+  std::unordered_set<Session*> sessions_;
+};
+
 class Session final : public DriverSession, public std::enable_shared_from_this<Session> {
  public:
   Session(asio::any_io_executor ex, std::shared_ptr<const ProcessConfig> config, Log* log,
@@ -80,7 +157,10 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
         lines_(config_.max_line, LineBuffer::kFail),
         err_lines_(config_.stderr_line_max, LineBuffer::kTruncate),
         ready_timer_(ex),
-        drain_timer_(ex) {
+        drain_timer_(ex),
+        deadline_timer_(ex, TimePoint::max()),
+        live_(asio::use_service<LiveSessions>(asio::query(ex, asio::execution::context))) {
+    live_.add(this);
     // Non-blocking on our ends only; the child's ends are other descriptions.
     in_.non_blocking(true);
     out_.non_blocking(true);
@@ -88,17 +168,9 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
   }
 
   ~Session() override {
-    if (!ended_) {
-      // Dropped without a stop (the io_context went away): never leave a
-      // process or a zombie behind.
-      ::kill(-pid_, SIGKILL);
-      ::kill(pid_, SIGKILL);
-      siginfo_t info{};
-      while (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_.native_handle()), &info,
-                      WEXITED) < 0 &&
-             errno == EINTR) {
-      }
-    }
+    live_.remove(this);
+    // Dropped without a stop: never leave a process or a zombie behind.
+    kill_and_reap();
   }
 
   void begin() {
@@ -106,6 +178,20 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
     asio::co_spawn(ex_, read_stdout(), asio::detached);
     asio::co_spawn(ex_, read_stderr(), asio::detached);
     asio::co_spawn(ex_, watch_exit(), asio::detached);
+    asio::co_spawn(ex_, watch_deadlines(), asio::detached);
+  }
+
+  // The io_context is going away (LiveSessions::shutdown): the worker is
+  // killed and reaped, its pipes closed; the requests still waiting are
+  // handed back to be dropped.
+  std::vector<Resumer> abandon() {
+    std::vector<Resumer> out;
+    for (Pending& p : pending_) out.push_back(std::move(p.resume));
+    pending_.clear();
+    failure_ = "was dropped with its io_context";
+    kill_and_reap();
+    close_all();
+    return out;
   }
 
   // Until `ready`, a ping's answer, the end, or the start timeout.
@@ -164,7 +250,7 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
 
   asio::awaitable<std::expected<ExecuteReply, Error>> execute(ExecuteRequest req) override {
     auto self = shared_from_this();
-    auto params = compact_json(req.params.empty() ? std::string_view("null") : req.params);
+    auto params = one_line_json(req.params.empty() ? std::string_view("null") : req.params);
     if (!params) {
       co_return std::unexpected(Error(ErrorCode::kInvalidArgument, "params: " + params.error()));
     }
@@ -231,9 +317,11 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
 
  private:
   struct Pending {
-    explicit Pending(asio::any_io_executor ex) : timer(ex) {}
-    asio::steady_timer timer;
-    std::optional<std::expected<ExecuteReply, Error>> result;
+    std::int64_t id = 0;
+    TimePoint deadline{};
+    std::string_view method;  // a literal
+    Duration timeout{};
+    Resumer resume;
   };
 
   void mark_ready() {
@@ -241,32 +329,79 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
     ready_timer_.cancel();
   }
 
-  asio::awaitable<std::expected<ExecuteReply, Error>> request(std::string_view method,
-                                                             std::string_view params,
-                                                             std::string_view client_session,
-                                                             Duration timeout) {
+  // Sends one request and waits for its answer or its deadline. Answers
+  // resume the waiting coroutine directly from the reader (no timer per
+  // request, no extra trip through the scheduler).
+  asio::awaitable<Reply> request(std::string_view method, std::string_view params,
+                                 std::string_view client_session, Duration timeout) {
     auto self = shared_from_this();
     if (!failure_.empty()) co_return std::unexpected(Error(failure_code_, failure_));
     const std::int64_t id = next_id_++;
-    auto p = std::make_shared<Pending>(ex_);
-    pending_.emplace(id, p);
-    send(request_line(id, method, params, client_session));
-    p->timer.expires_after(timeout);
-    if (!p->result) (void)co_await p->timer.async_wait(asio::as_tuple(asio::use_awaitable));
-    if (p->result) co_return std::move(*p->result);
-    pending_.erase(id);
-    abandoned_.insert(id);
-    abandoned_order_.push_back(id);
-    if (abandoned_order_.size() > kAbandonedIds) {
-      abandoned_.erase(abandoned_order_.front());
-      abandoned_order_.pop_front();
+    const TimePoint deadline = deadline_after(real_clock().now(), timeout);
+    std::string line = request_line(id, method, params, client_session);
+    auto answered = asio::async_initiate<const asio::use_awaitable_t<>&, void(Reply)>(
+        [this, id, deadline, method, timeout, &line](auto handler) {
+          pending_.push_back(Pending{.id = id,
+                                     .deadline = deadline,
+                                     .method = method,
+                                     .timeout = timeout,
+                                     .resume = Resumer(std::move(handler))});
+          if (deadline < deadline_timer_.expiry()) deadline_timer_.expires_at(deadline);
+          send(std::move(line));
+        },
+        asio::use_awaitable);
+    co_return co_await std::move(answered);
+  }
+
+  // Fails the requests whose deadline has passed. The timer is left armed for
+  // a stale time when nothing waits: a request re-arms it only when its
+  // deadline comes sooner, so most requests never touch it.
+  asio::awaitable<void> watch_deadlines() {
+    auto self = shared_from_this();
+    while (!ended_) {
+      (void)co_await deadline_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+      if (ended_) break;
+      const TimePoint t = real_clock().now();
+      if (deadline_timer_.expiry() > t) continue;  // re-armed sooner while we waited
+      TimePoint next = TimePoint::max();
+      std::vector<Pending> expired;
+      for (auto it = pending_.begin(); it != pending_.end();) {
+        if (it->deadline <= t) {
+          expired.push_back(std::move(*it));
+          it = pending_.erase(it);
+        } else {
+          next = std::min(next, it->deadline);
+          ++it;
+        }
+      }
+      deadline_timer_.expires_at(next);
+      for (Pending& p : expired) {
+        abandoned_.insert(p.id);
+        abandoned_order_.push_back(p.id);
+        if (abandoned_order_.size() > kAbandonedIds) {
+          abandoned_.erase(abandoned_order_.front());
+          abandoned_order_.pop_front();
+        }
+        p.resume.post(std::unexpected(Error(
+            ErrorCode::kExecuteTimeout, std::string(p.method) + ": no answer within " + ms_text(p.timeout))));
+      }
     }
-    co_return std::unexpected(Error(ErrorCode::kExecuteTimeout,
-                                    std::string(method) + ": no answer within " + ms_text(timeout)));
   }
 
   void send(std::string line) {
     if (!in_.is_open()) return;
+    if (!writing_) {
+      // The pipe is usually free: write now, and queue only what did not fit.
+      boost::system::error_code ec;
+      const std::size_t n = in_.write_some(asio::buffer(line), ec);
+      if (ec && ec != asio::error::would_block && ec != asio::error::try_again) {
+        auto closing = pipe_closed("stopped reading its stdin (" + ec.message() + ")");
+        asio::co_spawn(ex_, std::move(closing), asio::detached);
+        return;
+      }
+      if (n == line.size()) return;
+      line.erase(0, n);
+    }
     write_queue_.push_back(std::move(line));
     if (writing_) return;
     writing_ = true;
@@ -316,9 +451,13 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
         fail(ErrorCode::kProtocolError,
              "wrote a line longer than max_line (" + std::to_string(config_.max_line) + " bytes)",
              /*kill=*/true);
-        break;
       }
-      if (!failure_.empty()) break;
+      // Resumed only now, with this reader's state consistent: a resumed
+      // caller may send the next request (or stop the session) right away.
+      std::vector<std::pair<Resumer, Reply>> answered = std::move(answered_);
+      answered_.clear();
+      for (auto& [resume, reply] : answered) resume.dispatch(std::move(reply));
+      if (!failure_.empty() || !out_.is_open()) break;
     }
     out_eof_ = true;
     drain_timer_.cancel();
@@ -337,17 +476,16 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
       if (m->method == "ready") mark_ready();
       return;
     }
-    auto it = pending_.find(m->id);
+    auto it = std::find_if(pending_.begin(), pending_.end(),
+                           [&](const Pending& p) { return p.id == m->id; });
     if (it == pending_.end()) {
       if (abandoned_.contains(m->id)) return;  // a late answer to a request that timed out
       fail(ErrorCode::kProtocolError, "answered an unknown id " + std::to_string(m->id),
            /*kill=*/true);
       return;
     }
-    std::shared_ptr<Pending> p = std::move(it->second);
+    answered_.emplace_back(std::move(it->resume), ExecuteReply{.ok = m->ok, .json = std::move(m->body)});
     pending_.erase(it);
-    p->result = ExecuteReply{.ok = m->ok, .json = std::move(m->body)};
-    p->timer.cancel();
   }
 
   asio::awaitable<void> read_stderr() {
@@ -421,6 +559,7 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
     }
     close_all();
     ready_timer_.cancel();
+    deadline_timer_.cancel();
     for (asio::steady_timer* t : exit_waiters_) t->cancel();
   }
 
@@ -434,12 +573,9 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
                   {{"pool", pool_}, {"session", std::to_string(id_)},
                    {"pid", std::to_string(pid_)}, {"why", why}});
     }
-    auto pending = std::move(pending_);
+    std::vector<Pending> pending = std::move(pending_);
     pending_.clear();
-    for (auto& [id, p] : pending) {
-      p->result = std::unexpected(Error(code, "the worker " + why));
-      p->timer.cancel();
-    }
+    for (Pending& p : pending) p.resume.post(std::unexpected(Error(code, "the worker " + why)));
     ready_timer_.cancel();
     if (kill) {
       signal_group(SIGKILL);
@@ -474,6 +610,24 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
     co_return ended_;
   }
 
+  // Kills the worker's group and reaps it, blocking: for teardown only.
+  void kill_and_reap() {
+    if (ended_) return;
+    ::kill(-pid_, SIGKILL);
+    ::kill(pid_, SIGKILL);
+    // Asio made the pidfd non-blocking, where waitid fails with EAGAIN
+    // until the process has exited.
+    const int fd = pidfd_.native_handle();
+    if (const int flags = ::fcntl(fd, F_GETFL); flags >= 0 && (flags & O_NONBLOCK) != 0) {
+      ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+    }
+    siginfo_t info{};
+    while (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(fd), &info, WEXITED) < 0 &&
+           errno == EINTR) {
+    }
+    ended_ = true;
+  }
+
   void signal_group(int sig) {
     if (ended_) return;  // the group id may belong to someone else now
     ::kill(-pid_, sig);
@@ -504,8 +658,11 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
   LineBuffer err_lines_;
   asio::steady_timer ready_timer_;
   asio::steady_timer drain_timer_;
+  asio::steady_timer deadline_timer_;  // the soonest deadline (or a stale one)
+  LiveSessions& live_;
 
-  std::unordered_map<std::int64_t, std::shared_ptr<Pending>> pending_;
+  std::vector<Pending> pending_;  // in flight; few, so a vector
+  std::vector<std::pair<Resumer, Reply>> answered_;  // by the line being read
   std::int64_t next_id_ = 1;
   std::unordered_set<std::int64_t> abandoned_;
   std::deque<std::int64_t> abandoned_order_;
@@ -531,6 +688,18 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
   TimePoint last_sample_{};
   std::int64_t last_cpu_ns_ = 0;
 };
+
+void LiveSessions::shutdown() {
+  std::vector<Resumer> doomed;
+  {
+    std::lock_guard lock(mu_);
+    for (Session* s : sessions_) {
+      for (Resumer& r : s->abandon()) doomed.push_back(std::move(r));
+    }
+  }
+  // Destroying the coroutines may free sessions (which remove themselves).
+  doomed.clear();
+}
 
 std::vector<ResourceLimit> limits_of(const ProcessConfig& c) {
   std::vector<ResourceLimit> l;

@@ -3,7 +3,9 @@
 // does: {"op":"echo","value":...} (the default), "sleep", "crash", "kill_self",
 // "garbage", "invalid_utf8", "unknown_id", "long_line", "no_newline",
 // "close_stdout", "env", "fds", "limits", "pid", "spawn_child", "alloc",
-// "spin", "stderr". Command-line flags change how it starts and stops:
+// "spin", "stderr". With "mark": PATH it first creates that file (the test
+// then knows the request arrived). Command-line flags change how it starts
+// and stops:
 //   --exit-at-start N   exit with code N before anything else
 //   --stderr-at-start T print T to stderr first
 //   --no-ready          never print ready and never answer pings
@@ -73,6 +75,12 @@ void execute(const json::value& id, const json::value& params) {
     if (p == nullptr || !p->contains(key)) return dflt;
     return p->at(key).to_number<std::int64_t>();
   };
+  if (p != nullptr && p->contains("mark")) {
+    // Tells the test this request arrived: an empty file at the given path.
+    const int fd = ::open(std::string(p->at("mark").as_string()).c_str(),
+                          O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd >= 0) ::close(fd);
+  }
   if (op == "echo") {
     reply(id, p != nullptr && p->contains("value") ? p->at("value") : params);
   } else if (op == "sleep") {
