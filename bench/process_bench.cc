@@ -2,6 +2,9 @@
 //
 //   BM_RawPipeRoundTrip      one request line to a C++ echo worker and its
 //                            answer over plain blocking pipes: the floor.
+//   BM_RawPipeRoundTripWithWork/N  the same with N ns of busy work between
+//                            round trips: how this machine amplifies work.
+//   BM_AsioPipeRoundTrip     the same through a bare Asio event loop.
 //   BM_PoolExecute           the same request through PoolRunner::execute on
 //                            a held lease (strand, coroutine, timer, parsing).
 //   BM_PoolRun               acquire + execute + release per request.
@@ -23,6 +26,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <fstream>
@@ -86,6 +90,14 @@ drivers::Child spawn_worker(std::vector<std::string> argv) {
   return *c;
 }
 
+// Runs `body` as a coroutine on `io`, on this thread, to completion.
+template <class F>
+void run_on(asio::io_context& io, F body) {
+  asio::co_spawn(io, std::move(body), asio::detached);
+  io.restart();
+  io.run();
+}
+
 void BM_RawPipeRoundTrip(benchmark::State& state) {
   drivers::Child c = spawn_worker({POOLKEEPER_ECHO_WORKER});
   std::string buf;
@@ -98,6 +110,69 @@ void BM_RawPipeRoundTrip(benchmark::State& state) {
   stop_child(c);
 }
 BENCHMARK(BM_RawPipeRoundTrip)->UseRealTime();
+
+// The raw round trip with `ns` of busy work on the caller's side between an
+// answer and the next request: what any work at all there costs on this
+// machine (the worker's idle CPU is slow to wake once it has gone idle).
+void BM_RawPipeRoundTripWithWork(benchmark::State& state) {
+  const auto work = std::chrono::nanoseconds(state.range(0));
+  drivers::Child c = spawn_worker({POOLKEEPER_ECHO_WORKER});
+  std::string buf;
+  read_line(c.stdout_fd, buf);  // ready
+  for (auto _ : state) {
+    const auto t0 = std::chrono::steady_clock::now();
+    while (std::chrono::steady_clock::now() - t0 < work) {
+    }
+    write_all(c.stdin_fd, kRequest);
+    read_line(c.stdout_fd, buf);
+  }
+  state.SetItemsProcessed(state.iterations());
+  stop_child(c);
+}
+BENCHMARK(BM_RawPipeRoundTripWithWork)->Arg(1000)->Arg(2000)->Arg(5000)->UseRealTime();
+
+// The same round trip through a bare Asio event loop (a coroutine, a
+// non-blocking write, a read after epoll reports the pipe readable): the
+// floor for any design that never blocks a thread on one worker.
+void BM_AsioPipeRoundTrip(benchmark::State& state) {
+  drivers::Child c = spawn_worker({POOLKEEPER_ECHO_WORKER});
+  asio::io_context io;
+  asio::posix::stream_descriptor out(io, c.stdout_fd);
+  out.non_blocking(true);
+  std::string buf;
+  run_on(io, [&]() -> asio::awaitable<void> {
+    char chunk[4096];
+    auto next_line = [&]() -> asio::awaitable<void> {
+      for (;;) {
+        const std::size_t nl = buf.find('\n');
+        if (nl != std::string::npos) {
+          buf.erase(0, nl + 1);
+          co_return;
+        }
+        boost::system::error_code ec;
+        const std::size_t n = out.read_some(asio::buffer(chunk), ec);
+        if (!ec) {
+          buf.append(chunk, n);
+          continue;
+        }
+        if (ec != asio::error::would_block) std::abort();
+        auto readable = out.async_wait(asio::posix::descriptor_base::wait_read, asio::use_awaitable);
+        co_await std::move(readable);
+      }
+    };
+    auto ready = next_line();
+    co_await std::move(ready);
+    for (auto _ : state) {
+      write_all(c.stdin_fd, kRequest);
+      auto answer = next_line();
+      co_await std::move(answer);
+    }
+  });
+  (void)out.release();
+  state.SetItemsProcessed(state.iterations());
+  stop_child(c);
+}
+BENCHMARK(BM_AsioPipeRoundTrip)->UseRealTime();
 
 drivers::ProcessConfig echo_config(std::vector<std::string> command) {
   drivers::ProcessConfig c;
@@ -116,14 +191,6 @@ std::shared_ptr<runtime::PoolRunner> make_runner(asio::io_context& io, PoolConfi
   if (!runner) std::abort();
   (*runner)->start();
   return *runner;
-}
-
-// Runs `body` as a coroutine on `io`, on this thread, to completion.
-template <class F>
-void run_on(asio::io_context& io, F body) {
-  asio::co_spawn(io, std::move(body), asio::detached);
-  io.restart();
-  io.run();
 }
 
 void BM_PoolExecute(benchmark::State& state) {
