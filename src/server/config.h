@@ -1,0 +1,111 @@
+// The daemon's configuration: one TOML file (docs/config.md), every key
+// overridable by an environment variable.
+//
+// load_config() reads the file, applies the environment (the seed-001 names
+// first, then POOLKEEPER_* variables, so the more specific wins), and checks
+// every key. A bad file is refused with the file, the line, the key and the
+// reason ("quickstart.toml:12: pools.python.max: must be >= min (2), got 1");
+// a bad variable names the variable. Unknown keys are refused too: a typo
+// never silently falls back to a default.
+//
+// Durations are strings with a unit ("250ms", "30s", "5m", "2h", "1d"; "0"
+// means off where a key allows it); sizes are integers of bytes or strings
+// with a unit ("512KiB", "16MiB", "2GiB", "1MB").
+//
+// Thread-safety: pure functions; the result is a plain value.
+//
+//   auto config = poolkeeper::server::load_config("examples/quickstart.toml",
+//                                                 poolkeeper::server::process_environment());
+//   if (!config) { std::cerr << config.error().message << "\n"; return 2; }
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <expected>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "drivers/process/process_driver.h"
+#include "poolkeeper/clock.h"
+#include "poolkeeper/error.h"
+#include "poolkeeper/pool_config.h"
+
+namespace poolkeeper::server {
+
+enum class AuthMode : std::uint8_t {
+  kTokens,  // every request carries a tenant's bearer token
+  kNone,    // no authentication: local development only, loopback only
+};
+
+struct ServerConfig {
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 8470;  // 0: any free port (tests)
+  AuthMode auth = AuthMode::kTokens;
+  std::size_t max_body = 1u << 20;            // 413 above
+  std::size_t max_header = 16u << 10;         // 431 above
+  int max_json_depth = 64;                    // 400 deeper
+  Duration header_timeout = std::chrono::seconds(10);   // to receive a request's headers
+  Duration idle_timeout = std::chrono::seconds(60);     // a keep-alive connection with nothing to do
+  Duration shutdown_grace = std::chrono::seconds(30);   // leases in flight on SIGTERM
+  double rate_limit = 0;   // requests per second per tenant (0: off)
+  int rate_burst = 100;    // requests a tenant may send at once above the rate
+  std::size_t max_connections = 20000;
+};
+
+struct StoreConfig {
+  std::string path = "poolkeeper.db";  // SQLite file; relative to the config file's directory
+};
+
+struct LogConfig {
+  std::string level = "info";  // debug, info, warn, error
+};
+
+struct TenantConfig {
+  std::string name;
+  std::array<std::uint8_t, 32> token_sha256{};  // never the token itself
+  bool admin = false;                           // scale, pause, drain, emergency stop
+  std::vector<std::string> pools;               // pools it may use; empty: all
+};
+
+struct PoolEntry {
+  PoolConfig pool;
+  std::string driver = "process";
+  drivers::ProcessConfig process;
+};
+
+struct DaemonConfig {
+  std::string source;  // the file it came from
+  ServerConfig server;
+  StoreConfig store;
+  LogConfig log;
+  std::vector<TenantConfig> tenants;
+  std::vector<PoolEntry> pools;
+};
+
+// Environment variables by name.
+using Environment = std::map<std::string, std::string, std::less<>>;
+
+// This process's environment.
+Environment process_environment();
+
+// Reads and checks a configuration file.
+std::expected<DaemonConfig, Error> load_config(const std::string& path, const Environment& env);
+
+// The same from text; `source` names it in errors, and relative paths
+// (store.path, pools.*.working_dir) are resolved against `base_dir`.
+std::expected<DaemonConfig, Error> parse_config(std::string_view text, std::string_view source,
+                                                const Environment& env,
+                                                std::string_view base_dir = {});
+
+// "250ms", "30s", "5m", "2h", "1d", "0"; the error says what is wrong.
+std::expected<Duration, std::string> parse_duration(std::string_view text);
+// "1048576", "512KiB", "16MiB", "2GiB", "1KB", "1MB", "1GB".
+std::expected<std::int64_t, std::string> parse_size(std::string_view text);
+
+// True for 127.0.0.0/8, ::1 and "localhost".
+bool is_loopback(std::string_view host);
+
+}  // namespace poolkeeper::server
