@@ -508,6 +508,12 @@ class Loader {
       for (const auto& [key, node] : *tenants) {
         const std::string name(key.str());
         const std::string path = "tenants." + name;
+        if (name.empty() || name.size() > 64 ||
+            !std::all_of(name.begin(), name.end(), [](unsigned char c) {
+              return std::isalnum(c) || c == '_' || c == '-';
+            })) {
+          return fail(where(path, &node) + "a tenant name is 1 to 64 letters, digits, '_' or '-'");
+        }
         const toml::table* t = node.as_table();
         if (t == nullptr) return fail(where(path, &node) + "must be a table");
         TenantConfig tenant;

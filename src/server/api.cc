@@ -1,0 +1,884 @@
+#include "server/api.h"
+
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/json.hpp>
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <ctime>
+#include <sstream>
+
+#include "server/sha256.h"
+
+namespace poolkeeper::server {
+namespace {
+
+namespace asio = boost::asio;
+namespace json = boost::json;
+using namespace std::chrono_literals;
+using runtime::PoolSnapshot;
+
+constexpr std::int64_t kMaxTimeoutMs = 24LL * 3600 * 1000;
+
+std::int64_t ms(Duration d) { return std::chrono::duration_cast<std::chrono::milliseconds>(d).count(); }
+
+std::string json_text(const json::value& v) { return json::serialize(v); }
+
+Response json_response(int status, const json::value& v) {
+  return Response{.status = status, .body = json_text(v) + "\n"};
+}
+
+Response bad_request(std::string message) {
+  return error_response(400, "invalid_argument", message);
+}
+
+// "%41" decoding of one path segment; nullopt when malformed.
+std::optional<std::string> percent_decode(std::string_view s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '%') {
+      out += s[i];
+      continue;
+    }
+    if (i + 2 >= s.size()) return std::nullopt;
+    int v = 0;
+    const auto [end, ec] = std::from_chars(s.data() + i + 1, s.data() + i + 3, v, 16);
+    if (ec != std::errc() || end != s.data() + i + 3) return std::nullopt;
+    out += static_cast<char>(v);
+    i += 2;
+  }
+  return out;
+}
+
+struct Target {
+  std::vector<std::string> path;  // decoded segments
+  std::map<std::string, std::string, std::less<>> query;
+};
+
+std::optional<Target> parse_target(std::string_view target) {
+  Target t;
+  const std::size_t q = target.find('?');
+  std::string_view path = target.substr(0, q);
+  if (path.empty() || path.front() != '/') return std::nullopt;
+  path.remove_prefix(1);
+  while (!path.empty()) {
+    const std::size_t slash = path.find('/');
+    auto seg = percent_decode(path.substr(0, slash));
+    if (!seg) return std::nullopt;
+    t.path.push_back(std::move(*seg));
+    if (slash == std::string_view::npos) break;
+    path.remove_prefix(slash + 1);
+    if (path.empty()) t.path.emplace_back();  // a trailing slash
+  }
+  if (q != std::string_view::npos) {
+    std::string_view rest = target.substr(q + 1);
+    while (!rest.empty()) {
+      const std::size_t amp = rest.find('&');
+      const std::string_view kv = rest.substr(0, amp);
+      const std::size_t eq = kv.find('=');
+      auto k = percent_decode(kv.substr(0, eq));
+      auto v = percent_decode(eq == std::string_view::npos ? std::string_view() : kv.substr(eq + 1));
+      if (!k || !v) return std::nullopt;
+      t.query[*k] = *v;
+      if (amp == std::string_view::npos) break;
+      rest.remove_prefix(amp + 1);
+    }
+  }
+  return t;
+}
+
+// The request body as a JSON object (an empty body is an empty object).
+std::expected<json::object, Response> body_object(const std::string& body, int max_depth) {
+  if (body.find_first_not_of(" \t\r\n") == std::string::npos) return json::object();
+  json::parse_options o;
+  o.max_depth = static_cast<std::size_t>(max_depth);
+  json::error_code ec;
+  json::value v = json::parse(body, ec, {}, o);
+  if (ec == json::error::too_deep) {
+    return std::unexpected(bad_request("the JSON body nests deeper than " +
+                                       std::to_string(max_depth) + " levels"));
+  }
+  if (ec) return std::unexpected(bad_request("the body is not valid JSON: " + ec.message()));
+  if (!v.is_object()) return std::unexpected(bad_request("the body must be a JSON object"));
+  return std::move(v.get_object());
+}
+
+// Typed, bounded fields of a request body; each error names the field.
+struct Fields {
+  const json::object& o;
+
+  std::expected<std::int64_t, Response> integer(std::string_view key, std::int64_t dflt,
+                                                std::int64_t min, std::int64_t max) const {
+    const json::value* v = o.if_contains(key);
+    if (v == nullptr || v->is_null()) return dflt;
+    std::int64_t n = 0;
+    if (v->is_int64()) {
+      n = v->get_int64();
+    } else if (v->is_uint64()) {
+      n = std::numeric_limits<std::int64_t>::max();
+    } else {
+      return std::unexpected(bad_request(std::string(key) + ": must be an integer"));
+    }
+    if (n < min || n > max) {
+      return std::unexpected(bad_request(std::string(key) + ": must be between " +
+                                         std::to_string(min) + " and " + std::to_string(max)));
+    }
+    return n;
+  }
+
+  std::expected<std::string, Response> string(std::string_view key, std::size_t max_len) const {
+    const json::value* v = o.if_contains(key);
+    if (v == nullptr || v->is_null()) return std::string();
+    if (!v->is_string()) return std::unexpected(bad_request(std::string(key) + ": must be a string"));
+    if (v->get_string().size() > max_len) {
+      return std::unexpected(bad_request(std::string(key) + ": longer than " +
+                                         std::to_string(max_len) + " characters"));
+    }
+    return std::string(v->get_string());
+  }
+
+  std::expected<bool, Response> boolean(std::string_view key, bool dflt) const {
+    const json::value* v = o.if_contains(key);
+    if (v == nullptr || v->is_null()) return dflt;
+    if (!v->is_bool()) return std::unexpected(bad_request(std::string(key) + ": must be true or false"));
+    return v->get_bool();
+  }
+};
+
+std::string iso_time(WallTime t) {
+  const auto secs = std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch());
+  const std::time_t tt = static_cast<std::time_t>(secs.count());
+  std::tm tm{};
+  ::gmtime_r(&tt, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+  const auto millis = ms(t.time_since_epoch() - secs);
+  char out[48];
+  std::snprintf(out, sizeof out, "%s.%03lldZ", buf, static_cast<long long>(millis));
+  return out;
+}
+
+// A monotonic time point as wall-clock text (null when never).
+json::value wall_json(TimePoint t) {
+  if (t == TimePoint::max()) return nullptr;
+  const TimePoint now = real_clock().now();
+  return json::value(iso_time(real_clock().wall_now() + (t - now)));
+}
+
+std::string lease_text(std::string_view pool, LeaseId lease) {
+  return std::string(pool) + "." + std::to_string(lease);
+}
+
+// "python.123" -> ("python", 123).
+std::optional<std::pair<std::string, std::uint64_t>> split_id(std::string_view text) {
+  const std::size_t dot = text.rfind('.');
+  if (dot == std::string_view::npos || dot == 0) return std::nullopt;
+  std::uint64_t id = 0;
+  const std::string_view digits = text.substr(dot + 1);
+  const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), id);
+  if (ec != std::errc() || end != digits.data() + digits.size() || digits.empty()) return std::nullopt;
+  return std::make_pair(std::string(text.substr(0, dot)), id);
+}
+
+json::object session_json(const runtime::SessionView& s) {
+  json::object o;
+  o["id"] = s.info.id;
+  o["state"] = std::string(to_string(s.info.state));
+  o["uses"] = s.info.uses;
+  o["health"] = s.info.health;
+  o["age_ms"] = ms(s.info.age);
+  o["idle_ms"] = ms(s.info.idle);
+  o["reserved"] = s.info.reserved;
+  o["rss_bytes"] = s.usage.rss_bytes;
+  o["cpu_percent"] = s.usage.cpu_percent < 0 ? json::value(nullptr)
+                                             : json::value(std::round(s.usage.cpu_percent * 10) / 10);
+  o["describe"] = s.describe;
+  return o;
+}
+
+json::object stats_json(const PoolStats& st) {
+  json::object o;
+  json::object by_state;
+  for (int i = 0; i < kSessionStateCount; ++i) {
+    by_state[std::string(to_string(static_cast<SessionState>(i)))] = st.sessions_by_state[i];
+  }
+  o["sessions"] = st.sessions;
+  o["sessions_by_state"] = std::move(by_state);
+  o["target"] = st.target;
+  o["queue_length"] = st.queue_length;
+  o["paused"] = st.paused;
+  o["draining"] = st.draining;
+  o["emergency_stopped"] = st.emergency_stopped;
+  o["acquisitions"] = st.acquisitions;
+  o["immediate"] = st.immediate;
+  o["releases"] = st.releases;
+  o["broken_releases"] = st.broken_releases;
+  o["timeouts"] = st.timeouts;
+  o["cancellations"] = st.cancellations;
+  o["rejections"] = st.rejections;
+  o["reclaimed"] = st.reclaimed;
+  o["sessions_created"] = st.sessions_created;
+  o["start_failures"] = st.start_failures;
+  o["sessions_closed"] = st.sessions_closed;
+  o["checks"] = st.checks;
+  o["check_failures"] = st.check_failures;
+  o["reuse_rate"] = st.reuse_rate;
+  o["affinity_hits"] = st.affinity_hits;
+  o["affinity_misses"] = st.affinity_misses;
+  o["wait_ms"] = json::object{{"count", st.wait.count},
+                              {"p50", ms(st.wait.p50)},
+                              {"p95", ms(st.wait.p95)},
+                              {"p99", ms(st.wait.p99)},
+                              {"max", ms(st.wait.max)}};
+  o["client_sessions_active"] = st.client_sessions_active;
+  o["client_sessions_expired"] = st.client_sessions_expired;
+  o["reservations"] = st.reservations;
+  return o;
+}
+
+int usable(const PoolStats& st) {
+  return st.sessions_by_state[static_cast<int>(SessionState::kIdle)] +
+         st.sessions_by_state[static_cast<int>(SessionState::kLeased)];
+}
+
+// The worker's answer: its result, or its error object.
+json::value reply_json(const runtime::ExecuteReply& r) {
+  json::error_code ec;
+  json::value v = json::parse(r.json, ec);
+  if (ec) v = json::value(r.json);
+  json::object o;
+  o["ok"] = r.ok;
+  o[r.ok ? "result" : "error"] = std::move(v);
+  return o;
+}
+
+}  // namespace
+
+int http_status(ErrorCode code) {
+  switch (code) {
+    case ErrorCode::kInvalidArgument:
+    case ErrorCode::kInvalidConfig:
+      return 400;
+    case ErrorCode::kUnknownLease:
+    case ErrorCode::kNotLeaseOwner:
+    case ErrorCode::kUnknownWaiter:
+    case ErrorCode::kUnknownReservation:
+    case ErrorCode::kNotReservationOwner:
+    case ErrorCode::kUnknownClientSession:
+      return 404;
+    case ErrorCode::kLeaseAlreadyReleased:
+    case ErrorCode::kLeaseReclaimed:
+      return 409;
+    case ErrorCode::kDocumentTooLarge:
+      return 413;
+    case ErrorCode::kQueueFull:
+    case ErrorCode::kTooManyClientSessions:
+      return 429;
+    case ErrorCode::kInternal:
+      return 500;
+    case ErrorCode::kNotSupported:
+      return 501;
+    case ErrorCode::kSessionStartFailed:
+    case ErrorCode::kSessionLost:
+    case ErrorCode::kProtocolError:
+      return 502;
+    case ErrorCode::kExecuteTimeout:
+      return 504;
+    case ErrorCode::kAcquireTimeout:
+    case ErrorCode::kDeadlineUnreachable:
+    case ErrorCode::kPoolPaused:
+    case ErrorCode::kPoolDraining:
+    case ErrorCode::kEmergencyStop:
+    case ErrorCode::kShutdown:
+    case ErrorCode::kCancelled:
+    case ErrorCode::kNoCapacity:
+      return 503;
+  }
+  return 500;
+}
+
+namespace {
+
+// The error shape; 429 and 503 say when to try again.
+Response error_with_retry(int status, std::string_view code, std::string_view message,
+                          std::int64_t retry_after_ms) {
+  json::object e{{"code", code}, {"message", message}};
+  Response r;
+  r.status = status;
+  if (status == 429 || status == 503) {
+    const std::int64_t after = retry_after_ms > 0 ? retry_after_ms : 1000;
+    e["retry_after_ms"] = after;
+    r.retry_after_seconds = static_cast<int>((after + 999) / 1000);
+  }
+  r.body = json_text(json::object{{"error", std::move(e)}}) + "\n";
+  return r;
+}
+
+}  // namespace
+
+Response error_response(int status, std::string_view code, std::string_view message) {
+  return error_with_retry(status, code, message, 0);
+}
+
+Response error_response(const Error& error) {
+  // Another tenant's lease or reservation does not exist for this caller.
+  if (error.code == ErrorCode::kNotLeaseOwner) {
+    return error_response(404, to_string(ErrorCode::kUnknownLease), "no such lease");
+  }
+  if (error.code == ErrorCode::kNotReservationOwner) {
+    return error_response(404, to_string(ErrorCode::kUnknownReservation), "no such reservation");
+  }
+  return error_with_retry(http_status(error.code), to_string(error.code), error.message,
+                          error.retry_after.count());
+}
+
+Api::Api(const DaemonConfig& config, std::vector<std::shared_ptr<runtime::PoolRunner>> runners)
+    : config_(config), started_(real_clock().now()) {
+  for (auto& r : runners) {
+    Pool p;
+    p.autoscale = std::make_unique<std::atomic<bool>>(false);
+    for (const PoolEntry& e : config.pools) {
+      if (e.pool.name == r->name()) p.min = e.pool.min;
+    }
+    p.runner = std::move(r);
+    const std::string name = p.runner->name();
+    pools_.emplace(name, std::move(p));
+  }
+}
+
+Api::Pool* Api::find_pool(std::string_view name) {
+  auto it = pools_.find(name);
+  return it == pools_.end() ? nullptr : &it->second;
+}
+
+bool Api::may_use(const Caller& caller, std::string_view pool) const {
+  if (caller.pools == nullptr || caller.pools->empty()) return true;
+  return std::find(caller.pools->begin(), caller.pools->end(), pool) != caller.pools->end();
+}
+
+std::expected<Api::Caller, Response> Api::authenticate(const Request& request) const {
+  if (config_.server.auth == AuthMode::kNone) return Caller{.tenant = {}, .admin = true, .pools = nullptr};
+  auto unauthorized = [](std::string_view why) {
+    Response r = error_response(401, "unauthorized", why);
+    return std::unexpected(std::move(r));
+  };
+  std::string_view h = request.authorization;
+  if (h.empty()) return unauthorized("a bearer token is needed (Authorization: Bearer TOKEN)");
+  constexpr std::string_view kBearer = "Bearer ";
+  if (h.size() <= kBearer.size() || !std::equal(kBearer.begin(), kBearer.end(), h.begin(), [](char a, char b) {
+        return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b));
+      })) {
+    return unauthorized("the Authorization header must be \"Bearer TOKEN\"");
+  }
+  const Sha256Digest digest = sha256(h.substr(kBearer.size()));
+  const TenantConfig* match = nullptr;
+  for (const TenantConfig& t : config_.tenants) {
+    // Every tenant is compared, so the time taken does not say which matched.
+    if (equal_in_constant_time(digest, t.token_sha256)) match = &t;
+  }
+  if (match == nullptr) return unauthorized("the token is not valid");
+  return Caller{.tenant = match->name, .admin = match->admin, .pools = &match->pools};
+}
+
+asio::awaitable<Response> Api::handle(Request request) {
+  try {
+    auto caller = authenticate(request);
+    const bool health = request.target == "/health" || request.target.starts_with("/health?");
+    if (!caller && !health) co_return caller.error();
+    const Caller who = caller ? *caller : Caller{};
+    auto routing = route(request, who);
+    Response r = co_await std::move(routing);
+    r.tenant = who.tenant;
+    co_return r;
+  } catch (const std::exception& e) {
+    co_return error_response(500, "internal", std::string("unexpected error: ") + e.what());
+  }
+}
+
+asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
+  auto target = parse_target(req.target);
+  if (!target) co_return bad_request("the request target is not a valid path");
+  const std::vector<std::string>& p = target->path;
+  const std::string& m = req.method;
+  auto not_found = [&] { return error_response(404, "not_found", "no route " + m + " " + req.target); };
+  auto method_not_allowed = [&] {
+    return error_response(405, "method_not_allowed", "method " + m + " is not allowed on " + req.target);
+  };
+  auto admin_only = [&]() -> std::optional<Response> {
+    if (caller.admin) return std::nullopt;
+    return error_response(403, "forbidden", "this route needs an admin tenant");
+  };
+  auto refuse_when_stopping = [&]() -> std::optional<Response> {
+    if (!shutting_down_.load()) return std::nullopt;
+    return error_response(Error(ErrorCode::kShutdown, "the daemon is shutting down"));
+  };
+  // The pool a route names, if the caller may use it.
+  auto pool_named = [&](const std::string& name) -> std::expected<Pool*, Response> {
+    Pool* pool = find_pool(name);
+    if (pool == nullptr || !may_use(caller, name)) {
+      return std::unexpected(error_response(404, "unknown_pool", "no pool named \"" + name + "\""));
+    }
+    return pool;
+  };
+  const int depth = config_.server.max_json_depth;
+  const std::optional<std::string> owner =
+      config_.server.auth == AuthMode::kNone ? std::nullopt : std::optional<std::string>(caller.tenant);
+  // Client sessions and reservations live in a per-tenant namespace.
+  auto scoped = [&](std::string_view id) {
+    return caller.tenant.empty() ? std::string(id) : caller.tenant + "/" + std::string(id);
+  };
+  auto unscoped = [&](std::string_view id) {
+    return caller.tenant.empty() ? std::string(id) : std::string(id.substr(caller.tenant.size() + 1));
+  };
+
+  // GET /health
+  if (p.size() == 1 && p[0] == "health") {
+    if (m != "GET") co_return method_not_allowed();
+    json::array pools;
+    bool degraded = shutting_down_.load();
+    for (auto& [name, pool] : pools_) {
+      auto snapshotting = pool.runner->snapshot(asio::use_awaitable);
+      PoolSnapshot s = co_await std::move(snapshotting);
+      // Below the size it should keep (min, or a manual scale target).
+      const bool low = usable(s.stats) < std::min(pool.min, s.stats.target) || s.stats.emergency_stopped;
+      degraded = degraded || low;
+      pools.push_back(json::object{
+          {"name", name},
+          {"status", low ? "degraded" : "healthy"},
+          {"sessions", s.stats.sessions},
+          {"idle", s.stats.sessions_by_state[static_cast<int>(SessionState::kIdle)]},
+          {"leased", s.stats.sessions_by_state[static_cast<int>(SessionState::kLeased)]},
+          {"starting", s.stats.sessions_by_state[static_cast<int>(SessionState::kStarting)]},
+          {"min", pool.min},
+          {"queue_length", s.stats.queue_length},
+          {"client_sessions_active", s.stats.client_sessions_active}});
+    }
+    json::object o{{"status", degraded ? "degraded" : "healthy"},
+                   {"uptime_s", ms(real_clock().now() - started_) / 1000},
+                   {"pools", std::move(pools)}};
+    co_return json_response(degraded ? 503 : 200, o);
+  }
+
+  // GET /metrics
+  if (p.size() == 1 && p[0] == "metrics") {
+    if (m != "GET") co_return method_not_allowed();
+    std::ostringstream out;
+    std::vector<std::pair<std::string, PoolSnapshot>> snaps;
+    for (auto& [name, pool] : pools_) {
+      if (!may_use(caller, name)) continue;
+      auto snapshotting = pool.runner->snapshot(asio::use_awaitable);
+      PoolSnapshot s = co_await std::move(snapshotting);
+      snaps.emplace_back(name, std::move(s));
+    }
+    auto family = [&](const char* name, const char* type, const char* help) {
+      out << "# HELP " << name << " " << help << "\n# TYPE " << name << " " << type << "\n";
+    };
+    family("poolkeeper_sessions", "gauge", "Sessions by state.");
+    for (auto& [name, s] : snaps) {
+      for (int i = 0; i < kSessionStateCount; ++i) {
+        out << "poolkeeper_sessions{pool=\"" << name << "\",state=\""
+            << to_string(static_cast<SessionState>(i)) << "\"} " << s.stats.sessions_by_state[i] << "\n";
+      }
+    }
+    auto gauge_or_counter = [&](const char* metric, const char* type, const char* help, auto value) {
+      family(metric, type, help);
+      for (auto& [name, s] : snaps) out << metric << "{pool=\"" << name << "\"} " << value(s.stats) << "\n";
+    };
+    gauge_or_counter("poolkeeper_queue_length", "gauge", "Acquires waiting.",
+                     [](const PoolStats& st) { return st.queue_length; });
+    gauge_or_counter("poolkeeper_pool_target_sessions", "gauge", "The size the pool maintains.",
+                     [](const PoolStats& st) { return st.target; });
+    gauge_or_counter("poolkeeper_pool_paused", "gauge", "1 when the pool is paused.",
+                     [](const PoolStats& st) { return st.paused ? 1 : 0; });
+    gauge_or_counter("poolkeeper_leases_granted_total", "counter", "Leases granted.",
+                     [](const PoolStats& st) { return st.acquisitions; });
+    family("poolkeeper_releases_total", "counter", "Leases released, by outcome.");
+    for (auto& [name, s] : snaps) {
+      out << "poolkeeper_releases_total{pool=\"" << name << "\",outcome=\"ok\"} "
+          << s.stats.releases - s.stats.broken_releases << "\n";
+      out << "poolkeeper_releases_total{pool=\"" << name << "\",outcome=\"broken\"} "
+          << s.stats.broken_releases << "\n";
+    }
+    gauge_or_counter("poolkeeper_acquire_timeouts_total", "counter", "Acquires whose deadline passed.",
+                     [](const PoolStats& st) { return st.timeouts; });
+    gauge_or_counter("poolkeeper_acquire_rejections_total", "counter",
+                     "Acquires refused (queue full, paused, early rejection).",
+                     [](const PoolStats& st) { return st.rejections; });
+    gauge_or_counter("poolkeeper_leases_reclaimed_total", "counter", "Leases taken back after their timeout.",
+                     [](const PoolStats& st) { return st.reclaimed; });
+    gauge_or_counter("poolkeeper_sessions_created_total", "counter", "Sessions started.",
+                     [](const PoolStats& st) { return st.sessions_created; });
+    gauge_or_counter("poolkeeper_session_start_failures_total", "counter", "Session starts that failed.",
+                     [](const PoolStats& st) { return st.start_failures; });
+    gauge_or_counter("poolkeeper_sessions_closed_total", "counter", "Sessions stopped.",
+                     [](const PoolStats& st) { return st.sessions_closed; });
+    gauge_or_counter("poolkeeper_health_check_failures_total", "counter", "Health checks failed.",
+                     [](const PoolStats& st) { return st.check_failures; });
+    gauge_or_counter("poolkeeper_client_sessions", "gauge", "Client sessions alive.",
+                     [](const PoolStats& st) { return st.client_sessions_active; });
+    gauge_or_counter("poolkeeper_client_sessions_expired_total", "counter", "Client sessions expired.",
+                     [](const PoolStats& st) { return st.client_sessions_expired; });
+    family("poolkeeper_acquire_wait_seconds", "summary", "Time from acquire to grant.");
+    for (auto& [name, s] : snaps) {
+      const WaitSummary& w = s.stats.wait;
+      const std::pair<const char*, Duration> qs[] = {{"0.5", w.p50}, {"0.95", w.p95}, {"0.99", w.p99}};
+      for (const auto& [q, d] : qs) {
+        out << "poolkeeper_acquire_wait_seconds{pool=\"" << name << "\",quantile=\"" << q << "\"} "
+            << std::chrono::duration<double>(d).count() << "\n";
+      }
+      out << "poolkeeper_acquire_wait_seconds_count{pool=\"" << name << "\"} " << w.count << "\n";
+    }
+    family("poolkeeper_session_memory_bytes", "gauge", "Resident memory of a session's processes.");
+    for (auto& [name, s] : snaps) {
+      for (const auto& v : s.sessions) {
+        if (v.usage.rss_bytes >= 0) {
+          out << "poolkeeper_session_memory_bytes{pool=\"" << name << "\",session=\"" << v.info.id
+              << "\"} " << v.usage.rss_bytes << "\n";
+        }
+      }
+    }
+    family("poolkeeper_session_cpu_percent", "gauge", "CPU use of a session's processes (100 = one core).");
+    for (auto& [name, s] : snaps) {
+      for (const auto& v : s.sessions) {
+        if (v.usage.cpu_percent >= 0) {
+          out << "poolkeeper_session_cpu_percent{pool=\"" << name << "\",session=\"" << v.info.id
+              << "\"} " << v.usage.cpu_percent << "\n";
+        }
+      }
+    }
+    co_return Response{.status = 200, .body = out.str(), .content_type = "text/plain; version=0.0.4"};
+  }
+
+  if (p.size() < 2 || p[0] != "v1") co_return not_found();
+
+  // /v1/pools...
+  if (p[1] == "pools") {
+    if (p.size() == 2) {
+      if (m != "GET") co_return method_not_allowed();
+      json::array list;
+      for (auto& [name, pool] : pools_) {
+        if (!may_use(caller, name)) continue;
+        auto snapshotting = pool.runner->snapshot(asio::use_awaitable);
+        PoolSnapshot s = co_await std::move(snapshotting);
+        json::object o = stats_json(s.stats);
+        o["name"] = name;
+        o["autoscale"] = pool.autoscale->load();
+        list.push_back(std::move(o));
+      }
+      co_return json_response(200, json::object{{"pools", std::move(list)}});
+    }
+    auto pool = pool_named(p[2]);
+    if (!pool) co_return pool.error();
+    Pool& pl = **pool;
+    runtime::PoolRunner& runner = *pl.runner;
+    const std::string& name = p[2];
+
+    if (p.size() == 3) {
+      if (m != "GET") co_return method_not_allowed();
+      auto snapshotting = runner.snapshot(asio::use_awaitable);
+      PoolSnapshot s = co_await std::move(snapshotting);
+      json::object o = stats_json(s.stats);
+      o["name"] = name;
+      o["autoscale"] = pl.autoscale->load();
+      o["driver"] = runner.driver().describe();
+      co_return json_response(200, o);
+    }
+    if (p.size() != 4) co_return not_found();
+    const std::string& action = p[3];
+
+    if (action == "sessions") {
+      if (m != "GET") co_return method_not_allowed();
+      auto snapshotting = runner.snapshot(asio::use_awaitable);
+      PoolSnapshot s = co_await std::move(snapshotting);
+      json::array list;
+      for (const auto& v : s.sessions) list.push_back(session_json(v));
+      co_return json_response(200, json::object{{"pool", name}, {"sessions", std::move(list)}});
+    }
+
+    if (m != "POST") co_return method_not_allowed();
+    auto body = body_object(req.body, depth);
+    if (!body) co_return body.error();
+    const Fields f{*body};
+
+    if (action == "leases") {
+      if (auto r = refuse_when_stopping()) co_return *r;
+      auto priority = f.integer("priority", kNormalPriority, kLowestPriority, kCriticalPriority);
+      if (!priority) co_return priority.error();
+      auto timeout = f.integer("timeout_ms", 30000, 0, kMaxTimeoutMs);
+      if (!timeout) co_return timeout.error();
+      auto lease_timeout = f.integer("lease_timeout_ms", 0, 0, kMaxTimeoutMs);
+      if (!lease_timeout) co_return lease_timeout.error();
+      auto client_session = f.string("client_session", 256);
+      if (!client_session) co_return client_session.error();
+      auto label = f.string("owner", 256);
+      if (!label) co_return label.error();
+      runtime::AcquireArgs args{
+          .priority = static_cast<int>(*priority),
+          .timeout = std::chrono::milliseconds(*timeout),
+          .client_session = client_session->empty() ? std::string() : scoped(*client_session),
+          .owner = owner ? *owner : *label,
+          .lease_timeout = std::chrono::milliseconds(*lease_timeout)};
+      auto acquiring = runner.acquire(std::move(args), asio::use_awaitable);
+      auto grant = co_await std::move(acquiring);
+      if (!grant) co_return error_response(grant.error());
+      json::object o{{"lease", lease_text(name, grant->lease)},
+                     {"pool", name},
+                     {"session", grant->session},
+                     {"expires_at", wall_json(grant->expires_at)},
+                     {"connect", grant->connect}};
+      co_return json_response(201, o);
+    }
+
+    if (action == "execute") {
+      if (auto r = refuse_when_stopping()) co_return *r;
+      auto priority = f.integer("priority", kNormalPriority, kLowestPriority, kCriticalPriority);
+      if (!priority) co_return priority.error();
+      auto timeout = f.integer("timeout_ms", 30000, 0, kMaxTimeoutMs);
+      if (!timeout) co_return timeout.error();
+      auto execute_timeout = f.integer("execute_timeout_ms", 0, 0, kMaxTimeoutMs);
+      if (!execute_timeout) co_return execute_timeout.error();
+      auto client_session = f.string("client_session", 256);
+      if (!client_session) co_return client_session.error();
+      const json::value* params = body->if_contains("params");
+      runtime::AcquireArgs args{
+          .priority = static_cast<int>(*priority),
+          .timeout = std::chrono::milliseconds(*timeout),
+          .client_session = client_session->empty() ? std::string() : scoped(*client_session),
+          .owner = owner ? *owner : std::string()};
+      runtime::ExecuteRequest request{.params = params == nullptr ? "null" : json_text(*params),
+                                      .timeout = std::chrono::milliseconds(*execute_timeout)};
+      auto running = runner.run(std::move(args), std::move(request), asio::use_awaitable);
+      auto reply = co_await std::move(running);
+      if (!reply) co_return error_response(reply.error());
+      co_return json_response(200, reply_json(*reply));
+    }
+
+    if (action == "reservations") {
+      if (auto r = refuse_when_stopping()) co_return *r;
+      auto ttl = f.integer("ttl_ms", 3600000, 1, kMaxTimeoutMs);
+      if (!ttl) co_return ttl.error();
+      auto label = f.string("owner", 256);
+      if (!label) co_return label.error();
+      const std::string who = owner ? *owner : *label;
+      const TimePoint expires = real_clock().now() + std::chrono::milliseconds(*ttl);
+      auto reserving = runner.with_core<std::expected<core::ReservationInfo, Error>>(
+          [who, expires](core::PoolCore& c, TimePoint now, core::Output& out) {
+            return c.reserve(who, expires, now, out);
+          },
+          asio::use_awaitable);
+      auto info = co_await std::move(reserving);
+      if (!info) co_return error_response(info.error());
+      co_return json_response(201, json::object{{"reservation", lease_text(name, info->id)},
+                                                {"pool", name},
+                                                {"session", info->session},
+                                                {"owner", owner ? std::string() : info->owner},
+                                                {"expires_at", wall_json(info->expires_at)}});
+    }
+
+    // Operator controls.
+    if (auto r = admin_only()) co_return *r;
+    std::function<std::expected<void, Error>(core::PoolCore&, TimePoint, core::Output&)> control;
+    if (action == "scale") {
+      auto target_size = f.integer("target", -1, 0, 100000);
+      if (!target_size) co_return target_size.error();
+      if (*target_size < 0) co_return bad_request("target: is required");
+      const int t = static_cast<int>(*target_size);
+      control = [t](core::PoolCore& c, TimePoint now, core::Output& out) { return c.scale(t, now, out); };
+    } else if (action == "pause") {
+      control = [](core::PoolCore& c, TimePoint now, core::Output& out) -> std::expected<void, Error> {
+        c.pause(now, out);
+        return {};
+      };
+    } else if (action == "resume") {
+      control = [](core::PoolCore& c, TimePoint now, core::Output& out) -> std::expected<void, Error> {
+        c.resume(now, out);
+        return {};
+      };
+    } else if (action == "drain") {
+      control = [](core::PoolCore& c, TimePoint now, core::Output& out) -> std::expected<void, Error> {
+        c.drain(now, out);
+        return {};
+      };
+    } else if (action == "autoscale") {
+      auto enabled = f.boolean("enabled", true);
+      if (!enabled) co_return enabled.error();
+      pl.autoscale->store(*enabled);
+      co_return json_response(200, json::object{{"pool", name}, {"autoscale", *enabled}});
+    } else {
+      co_return not_found();
+    }
+    auto controlling = runner.with_core<std::expected<void, Error>>(std::move(control), asio::use_awaitable);
+    auto done = co_await std::move(controlling);
+    if (!done) co_return error_response(done.error());
+    auto snapshotting = runner.snapshot(asio::use_awaitable);
+    PoolSnapshot s = co_await std::move(snapshotting);
+    json::object o = stats_json(s.stats);
+    o["name"] = name;
+    co_return json_response(200, o);
+  }
+
+  // /v1/leases/{lease}[/execute]
+  if (p[1] == "leases" && (p.size() == 3 || (p.size() == 4 && p[3] == "execute"))) {
+    auto id = split_id(p[2]);
+    Pool* pool = id ? find_pool(id->first) : nullptr;
+    if (pool == nullptr || !may_use(caller, id->first)) {
+      co_return error_response(Error(ErrorCode::kUnknownLease, "no such lease"));
+    }
+    auto body = body_object(req.body, depth);
+    if (!body) co_return body.error();
+    const Fields f{*body};
+    if (p.size() == 3) {
+      if (m != "DELETE") co_return method_not_allowed();
+      auto broken = f.boolean("broken", false);
+      if (!broken) co_return broken.error();
+      auto releasing = pool->runner->release(
+          id->second, owner, *broken ? core::ReleaseOutcome::kBroken : core::ReleaseOutcome::kOk,
+          asio::use_awaitable);
+      auto released = co_await std::move(releasing);
+      if (!released) co_return error_response(released.error());
+      co_return json_response(200, json::object{{"lease", p[2]}, {"released", true}});
+    }
+    if (m != "POST") co_return method_not_allowed();
+    auto execute_timeout = f.integer("timeout_ms", 0, 0, kMaxTimeoutMs);
+    if (!execute_timeout) co_return execute_timeout.error();
+    const json::value* params = body->if_contains("params");
+    runtime::ExecuteRequest request{.params = params == nullptr ? "null" : json_text(*params),
+                                    .timeout = std::chrono::milliseconds(*execute_timeout)};
+    auto executing = pool->runner->execute(id->second, owner, std::move(request), asio::use_awaitable);
+    auto reply = co_await std::move(executing);
+    if (!reply) co_return error_response(reply.error());
+    co_return json_response(200, reply_json(*reply));
+  }
+
+  // /v1/reservations[/{id}]
+  if (p[1] == "reservations" && (p.size() == 2 || p.size() == 3)) {
+    if (p.size() == 2) {
+      if (m != "GET") co_return method_not_allowed();
+      json::array list;
+      for (auto& [name, pool] : pools_) {
+        if (!may_use(caller, name)) continue;
+        auto listing = pool.runner->with_core<std::vector<core::ReservationInfo>>(
+            [](core::PoolCore& c, TimePoint, core::Output&) { return c.reservations(); },
+            asio::use_awaitable);
+        std::vector<core::ReservationInfo> rs = co_await std::move(listing);
+        for (const auto& r : rs) {
+          if (owner && r.owner != *owner) continue;
+          list.push_back(json::object{{"reservation", lease_text(name, r.id)},
+                                      {"pool", name},
+                                      {"session", r.session},
+                                      {"owner", owner ? std::string() : r.owner},
+                                      {"expires_at", wall_json(r.expires_at)}});
+        }
+      }
+      co_return json_response(200, json::object{{"reservations", std::move(list)}});
+    }
+    if (m != "DELETE") co_return method_not_allowed();
+    auto id = split_id(p[2]);
+    Pool* pool = id ? find_pool(id->first) : nullptr;
+    if (pool == nullptr || !may_use(caller, id->first)) {
+      co_return error_response(Error(ErrorCode::kUnknownReservation, "no such reservation"));
+    }
+    auto body = body_object(req.body, depth);
+    if (!body) co_return body.error();
+    auto label = Fields{*body}.string("owner", 256);
+    if (!label) co_return label.error();
+    const std::string who = owner ? *owner : *label;
+    const core::ReservationId rid = id->second;
+    auto cancelling = pool->runner->with_core<std::expected<void, Error>>(
+        [rid, who](core::PoolCore& c, TimePoint now, core::Output& out) {
+          return c.cancel_reservation(rid, who, now, out);
+        },
+        asio::use_awaitable);
+    auto cancelled = co_await std::move(cancelling);
+    if (!cancelled) co_return error_response(cancelled.error());
+    co_return json_response(200, json::object{{"reservation", p[2]}, {"cancelled", true}});
+  }
+
+  // /v1/client-sessions/{id}?pool=NAME
+  if (p[1] == "client-sessions" && p.size() == 3) {
+    if (p[2].empty() || p[2].size() > 256) co_return bad_request("a client session id is 1 to 256 characters");
+    std::string pool_name;
+    if (auto it = target->query.find("pool"); it != target->query.end()) {
+      pool_name = it->second;
+    } else if (pools_.size() == 1) {
+      pool_name = pools_.begin()->first;
+    } else {
+      co_return bad_request("pool: name the pool (?pool=NAME) when the daemon has more than one");
+    }
+    auto pool = pool_named(pool_name);
+    if (!pool) co_return pool.error();
+    const std::string key = scoped(p[2]);
+    auto info_json = [&](const core::ClientSessionInfo& info) {
+      json::error_code ec;
+      json::value doc = info.document.empty() ? json::value(nullptr) : json::parse(info.document, ec);
+      if (ec) doc = json::value(info.document);
+      return json::object{{"id", unscoped(info.id)},
+                          {"pool", pool_name},
+                          {"document", std::move(doc)},
+                          {"last_session", info.last_session},
+                          {"active_leases", info.active_leases},
+                          {"expires_at", wall_json(info.expires_at)}};
+    };
+    if (m == "GET") {
+      auto getting = (*pool)->runner->with_core<std::expected<core::ClientSessionInfo, Error>>(
+          [key](core::PoolCore& c, TimePoint now, core::Output&) { return c.get_client_session(key, now); },
+          asio::use_awaitable);
+      auto info = co_await std::move(getting);
+      if (!info) co_return error_response(info.error());
+      co_return json_response(200, info_json(*info));
+    }
+    if (m == "PUT") {
+      if (auto r = refuse_when_stopping()) co_return *r;
+      auto body = body_object(req.body, depth);
+      if (!body) co_return body.error();
+      const json::value* doc = body->if_contains("document");
+      std::string text = doc == nullptr ? std::string() : json_text(*doc);
+      auto putting = (*pool)->runner->with_core<std::expected<core::ClientSessionInfo, Error>>(
+          [key, text = std::move(text)](core::PoolCore& c, TimePoint now, core::Output&) {
+            return c.put_client_session(key, text, now);
+          },
+          asio::use_awaitable);
+      auto info = co_await std::move(putting);
+      if (!info) co_return error_response(info.error());
+      co_return json_response(200, info_json(*info));
+    }
+    if (m == "DELETE") {
+      auto deleting = (*pool)->runner->with_core<std::expected<void, Error>>(
+          [key](core::PoolCore& c, TimePoint, core::Output&) { return c.delete_client_session(key); },
+          asio::use_awaitable);
+      auto done = co_await std::move(deleting);
+      if (!done) co_return error_response(done.error());
+      co_return json_response(200, json::object{{"id", p[2]}, {"deleted", true}});
+    }
+    co_return method_not_allowed();
+  }
+
+  // /v1/emergency-stop, /v1/emergency-resume
+  if (p.size() == 2 && (p[1] == "emergency-stop" || p[1] == "emergency-resume")) {
+    if (m != "POST") co_return method_not_allowed();
+    if (auto r = admin_only()) co_return *r;
+    const bool stop = p[1] == "emergency-stop";
+    json::array names;
+    for (auto& [name, pool] : pools_) {
+      auto controlling = pool.runner->with_core<bool>(
+          [stop](core::PoolCore& c, TimePoint now, core::Output& out) {
+            if (stop) {
+              c.emergency_stop(now, out);
+            } else {
+              c.emergency_resume(now, out);
+            }
+            return true;
+          },
+          asio::use_awaitable);
+      (void)co_await std::move(controlling);
+      names.push_back(json::value(name));
+    }
+    co_return json_response(200, json::object{{"emergency_stopped", stop}, {"pools", std::move(names)}});
+  }
+
+  co_return not_found();
+}
+
+}  // namespace poolkeeper::server

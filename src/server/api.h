@@ -1,0 +1,96 @@
+// Api: the HTTP API's routing layer, from a request to a response, with no
+// sockets (docs/api.md).
+//
+// It authenticates the caller (a tenant's bearer token, or nobody with
+// auth = "none"), checks the route's scope, decodes and bounds the JSON body,
+// calls the pools' runners and answers with JSON, or with the one error shape:
+//
+//   {"error": {"code": "acquire_timeout", "message": "...", "retry_after_ms": 250}}
+//
+// A tenant sees only its own leases, reservations and client sessions:
+// another tenant's lease is 404, as if it did not exist. Operator routes
+// (scale, pause, resume, drain, autoscale, emergency stop) need an admin
+// tenant. handle() is a coroutine; cancelling it (the client went away) takes
+// a waiting acquire out of its pool's queue.
+//
+// Thread-safety: handle() may run concurrently from any executor; the
+// runners are thread-safe and the Api's own state is immutable after
+// construction, except for the autoscale flags, which are atomic.
+//
+//   Api api(config, runners);
+//   Response r = co_await api.handle({.method = "GET", .target = "/v1/pools",
+//                                     .authorization = "Bearer ..."});
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "runtime/pool_runner.h"
+#include "server/config.h"
+
+namespace poolkeeper::server {
+
+struct Request {
+  std::string method{};         // "GET", "POST", ...
+  std::string target{};         // path and query: "/v1/pools/python?x=1"
+  std::string authorization{};  // the Authorization header, if any
+  std::string body{};
+};
+
+struct Response {
+  int status = 200;
+  std::string body{};  // JSON, or Prometheus text for /metrics
+  std::string content_type = "application/json";
+  int retry_after_seconds = 0;  // a Retry-After header when positive
+  std::string tenant{};         // who asked, for the request log (never sent)
+};
+
+class Api {
+ public:
+  Api(const DaemonConfig& config, std::vector<std::shared_ptr<runtime::PoolRunner>> runners);
+
+  boost::asio::awaitable<Response> handle(Request request);
+
+  // Set while the daemon shuts down: new work is refused with 503.
+  void set_shutting_down() { shutting_down_.store(true); }
+
+  std::size_t pool_count() const { return pools_.size(); }
+
+ private:
+  struct Pool {
+    std::shared_ptr<runtime::PoolRunner> runner;
+    std::unique_ptr<std::atomic<bool>> autoscale;
+    int min = 0;
+  };
+  struct Caller {
+    std::string tenant;  // empty with auth = "none"
+    bool admin = false;
+    const std::vector<std::string>* pools = nullptr;  // allowed pools; null or empty: all
+  };
+
+  boost::asio::awaitable<Response> route(const Request& request, const Caller& caller);
+  std::expected<Caller, Response> authenticate(const Request& request) const;
+  Pool* find_pool(std::string_view name);
+  bool may_use(const Caller& caller, std::string_view pool) const;
+
+  DaemonConfig config_;
+  std::map<std::string, Pool, std::less<>> pools_;
+  std::atomic<bool> shutting_down_{false};
+  TimePoint started_{};
+};
+
+// The HTTP status for an error code (docs/api.md).
+int http_status(ErrorCode code);
+// The error shape as a response.
+Response error_response(const Error& error);
+Response error_response(int status, std::string_view code, std::string_view message);
+
+}  // namespace poolkeeper::server

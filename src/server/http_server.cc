@@ -1,0 +1,333 @@
+#include "server/http_server.h"
+
+#include <sys/socket.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+
+#include <array>
+#include <mutex>
+#include <unordered_map>
+
+namespace poolkeeper::server {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+using namespace std::chrono_literals;
+using namespace asio::experimental::awaitable_operators;
+
+constexpr auto kWriteTimeout = 30s;
+constexpr auto kBodyTimeout = 60s;
+
+std::string route_of(std::string_view target) { return std::string(target.substr(0, target.find('?'))); }
+
+}  // namespace
+
+struct HttpServer::State : std::enable_shared_from_this<HttpServer::State> {
+  State(asio::any_io_executor ex, const ServerConfig& c, Api& a, runtime::Log& l)
+      : executor(ex), acceptor(asio::make_strand(ex)), config(c), api(a), log(l) {}
+
+  asio::any_io_executor executor;
+  tcp::acceptor acceptor;
+  ServerConfig config;
+  Api& api;
+  runtime::Log& log;
+  std::atomic<bool> stopping{false};
+
+  // Connections, so stop() can close the idle ones.
+  struct Connection {
+    tcp::socket* socket = nullptr;
+    bool busy = false;  // a request is being read or handled
+  };
+  mutable std::mutex mu;
+  std::unordered_map<std::uint64_t, Connection> open;
+  std::uint64_t next_id = 1;
+
+  asio::awaitable<void> accept_loop() {
+    auto self = shared_from_this();
+    while (!stopping.load()) {
+      auto [ec, socket] = co_await acceptor.async_accept(asio::make_strand(executor),
+                                                         asio::as_tuple(asio::use_awaitable));
+      if (ec) {
+        if (stopping.load() || ec == asio::error::operation_aborted) break;
+        log.write(runtime::LogLevel::kWarn, "accept failed", {{"why", ec.message()}});
+        if (ec == asio::error::no_descriptors) {
+          // Out of descriptors: back off instead of spinning.
+          asio::steady_timer t(acceptor.get_executor(), 100ms);
+          (void)co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+        }
+        continue;
+      }
+      if (connections() >= config.max_connections) {
+        boost::system::error_code ignored;
+        socket.close(ignored);  // over the limit: refused
+        continue;
+      }
+      auto ex = socket.get_executor();
+      asio::co_spawn(ex, serve(std::move(socket)), [self](std::exception_ptr e) {
+        if (!e) return;
+        try {
+          std::rethrow_exception(e);
+        } catch (const std::exception& x) {
+          self->log.write(runtime::LogLevel::kError, "connection failed", {{"what", x.what()}});
+        }
+      });
+    }
+  }
+
+  std::size_t connections() const {
+    std::lock_guard lock(mu);
+    return open.size();
+  }
+
+  std::uint64_t track(tcp::socket* s) {
+    std::lock_guard lock(mu);
+    const std::uint64_t id = next_id++;
+    open[id] = Connection{.socket = s, .busy = false};
+    return id;
+  }
+  void untrack(std::uint64_t id) {
+    std::lock_guard lock(mu);
+    open.erase(id);
+  }
+  // False when the server is stopping (the connection should close).
+  bool set_busy(std::uint64_t id, bool busy) {
+    std::lock_guard lock(mu);
+    open[id].busy = busy;
+    return !stopping.load();
+  }
+
+  void stop() {
+    stopping.store(true);
+    asio::post(acceptor.get_executor(), [self = shared_from_this()] {
+      boost::system::error_code ignored;
+      self->acceptor.close(ignored);
+    });
+    std::lock_guard lock(mu);
+    for (auto& [id, c] : open) {
+      if (c.busy) continue;
+      // Idle: wake its read, on its own strand, so it sees `stopping`. The
+      // connection may end first: it is looked up again there (its strand
+      // runs the end of the connection and this in turn, never together).
+      asio::post(c.socket->get_executor(), [self = shared_from_this(), id = id] {
+        std::lock_guard again(self->mu);
+        auto it = self->open.find(id);
+        if (it == self->open.end() || it->second.busy) return;
+        boost::system::error_code ignored;
+        it->second.socket->cancel(ignored);
+      });
+    }
+  }
+
+  // Completes when the client has gone away (EOF or an error); pipelined
+  // bytes are left in the socket for the next request.
+  static asio::awaitable<void> watch_gone(tcp::socket& socket) {
+    auto [ec] = co_await socket.async_wait(tcp::socket::wait_read, asio::as_tuple(asio::use_awaitable));
+    if (ec) co_return;
+    char c;
+    const ssize_t n = ::recv(socket.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n <= 0) co_return;  // EOF or an error: gone
+    // A pipelined request: the client is still there; wait until cancelled.
+    asio::steady_timer forever(socket.get_executor(), asio::steady_timer::time_point::max());
+    (void)co_await forever.async_wait(asio::as_tuple(asio::use_awaitable));
+  }
+
+  template <class Body>
+  asio::awaitable<bool> send(beast::tcp_stream& stream, http::response<Body>& res) {
+    stream.expires_after(kWriteTimeout);
+    auto [ec, n] = co_await http::async_write(stream, res, asio::as_tuple(asio::use_awaitable));
+    (void)n;
+    co_return !ec;
+  }
+
+  // Answers a request that will not be read (too large, malformed) and
+  // closes. What the client is still sending is read and dropped for a
+  // moment (at most kLingerBytes): closing with unread input would reset
+  // the connection and lose the answer before the client reads it.
+  // `r` by value: a coroutine keeps its parameters, and a reference to a
+  // temporary would dangle once the call's full expression ends.
+  asio::awaitable<void> reply_and_close(beast::tcp_stream& stream, unsigned version, Response r) {
+    http::response<http::string_body> res{static_cast<http::status>(r.status), version};
+    res.set(http::field::server, "poolkeeper");
+    res.set(http::field::content_type, r.content_type);
+    res.keep_alive(false);
+    res.body() = std::move(r.body);
+    res.prepare_payload();
+    auto sending = send(stream, res);
+    if (!co_await std::move(sending)) co_return;
+    boost::system::error_code ignored;
+    stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    constexpr std::size_t kLingerBytes = 4u << 20;
+    std::array<char, 16384> scratch;
+    std::size_t dropped = 0;
+    stream.expires_after(2s);
+    while (dropped < kLingerBytes) {
+      auto [ec, n] = co_await stream.async_read_some(asio::buffer(scratch), asio::as_tuple(asio::use_awaitable));
+      if (ec) break;
+      dropped += n;
+    }
+  }
+
+  asio::awaitable<void> serve(tcp::socket socket) {
+    auto self = shared_from_this();
+    beast::tcp_stream stream(std::move(socket));
+    const std::uint64_t id = track(&stream.socket());
+    beast::flat_buffer buffer(std::max<std::size_t>(config.max_header, 8192));
+    for (;;) {
+      if (stopping.load()) break;
+      // Idle between requests: wait for the first byte of the next one.
+      if (buffer.size() == 0) {
+        stream.expires_after(config.idle_timeout);
+        auto [ec, n] = co_await stream.async_read_some(buffer.prepare(1024), asio::as_tuple(asio::use_awaitable));
+        if (ec) break;  // closed, idle too long, or stopping
+        buffer.commit(n);
+      }
+      if (!set_busy(id, true)) break;
+      const TimePoint started = real_clock().now();
+      http::request_parser<http::string_body> parser;
+      parser.header_limit(static_cast<std::uint32_t>(config.max_header));
+      parser.body_limit(config.max_body);
+      stream.expires_after(config.header_timeout);
+      auto [hec, hn] = co_await http::async_read_header(stream, buffer, parser,
+                                                        asio::as_tuple(asio::use_awaitable));
+      (void)hn;
+      if (hec) {
+        if (hec == http::error::body_limit) {
+          // The declared length is over the limit: refused without reading it.
+          auto replying = reply_and_close(stream, parser.get().version(), error_response(413, "body_too_large",
+                                          "the body is larger than " + std::to_string(config.max_body) +
+                                              " bytes"));
+          co_await std::move(replying);
+        } else if (hec == http::error::header_limit) {
+          auto replying = reply_and_close(stream, 11, error_response(431, "header_too_large",
+                                          "request headers are larger than " +
+                                              std::to_string(config.max_header) + " bytes"));
+          co_await std::move(replying);
+        } else if (hec != beast::error::timeout && hec != http::error::end_of_stream &&
+                   hec != asio::error::eof && hec != asio::error::connection_reset &&
+                   hec != asio::error::operation_aborted) {
+          auto replying = reply_and_close(stream, 11, error_response(400, "bad_request",
+                                                                     "malformed request: " + hec.message()));
+          co_await std::move(replying);
+        }
+        break;
+      }
+      const unsigned version = parser.get().version();
+      if (const auto length = parser.content_length(); length && *length > config.max_body) {
+        // Refused without reading it.
+        auto replying = reply_and_close(stream, version, error_response(413, "body_too_large",
+                                        "the body is larger than " + std::to_string(config.max_body) +
+                                            " bytes"));
+        co_await std::move(replying);
+        break;
+      }
+      stream.expires_after(kBodyTimeout);
+      auto [bec, bn] = co_await http::async_read(stream, buffer, parser, asio::as_tuple(asio::use_awaitable));
+      (void)bn;
+      if (bec) {
+        if (bec == http::error::body_limit) {
+          auto replying = reply_and_close(stream, version, error_response(413, "body_too_large",
+                                          "the body is larger than " + std::to_string(config.max_body) +
+                                              " bytes"));
+          co_await std::move(replying);
+        }
+        break;
+      }
+      stream.expires_never();
+      http::request<http::string_body> req = parser.release();
+      Request request{.method = std::string(req.method_string()),
+                      .target = std::string(req.target()),
+                      .authorization = std::string(req[http::field::authorization]),
+                      .body = std::move(req.body())};
+      const bool keep_alive = req.keep_alive();
+      // The request runs until it answers or the client goes away (which
+      // cancels it: a waiting acquire leaves its queue).
+      auto handling = api.handle(std::move(request));
+      auto watching = watch_gone(stream.socket());
+      auto outcome = co_await (std::move(handling) || std::move(watching));
+      if (outcome.index() == 1) {
+        log.write(runtime::LogLevel::kInfo, "request",
+                  {{"method", std::string_view(req.method_string())},
+                   {"route", route_of(req.target())},
+                   {"status", "499"},
+                   {"why", "the client went away"}});
+        break;
+      }
+      Response r = std::get<0>(std::move(outcome));
+      http::response<http::string_body> res{static_cast<http::status>(r.status), version};
+      res.set(http::field::server, "poolkeeper");
+      res.set(http::field::content_type, r.content_type);
+      if (r.retry_after_seconds > 0) res.set(http::field::retry_after, std::to_string(r.retry_after_seconds));
+      const bool again = keep_alive && !stopping.load();
+      res.keep_alive(again);
+      res.body() = std::move(r.body);
+      res.prepare_payload();
+      const std::string latency = std::to_string(
+          std::chrono::duration_cast<std::chrono::microseconds>(real_clock().now() - started).count());
+      log.write(runtime::LogLevel::kInfo, "request",
+                {{"method", std::string_view(req.method_string())},
+                 {"route", route_of(req.target())},
+                 {"status", std::to_string(r.status)},
+                 {"tenant", r.tenant},
+                 {"latency_us", latency}});
+      auto sending = send(stream, res);
+      const bool sent = co_await std::move(sending);
+      if (!sent || !again) break;
+      if (!set_busy(id, false)) break;
+    }
+    untrack(id);
+    boost::system::error_code ignored;
+    stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    stream.socket().close(ignored);
+  }
+};
+
+HttpServer::HttpServer(asio::any_io_executor executor, const ServerConfig& config, Api& api,
+                       runtime::Log& log)
+    : state_(std::make_shared<State>(executor, config, api, log)) {}
+
+HttpServer::~HttpServer() { stop(); }
+
+std::expected<std::uint16_t, Error> HttpServer::listen() {
+  boost::system::error_code ec;
+  const std::string host = state_->config.host == "localhost" ? "127.0.0.1" : state_->config.host;
+  const auto address = asio::ip::make_address(host, ec);
+  if (ec) {
+    return std::unexpected(Error(ErrorCode::kInvalidConfig,
+                                 "server.listen: \"" + state_->config.host + "\" is not an IP address"));
+  }
+  const tcp::endpoint endpoint(address, state_->config.port);
+  tcp::acceptor& a = state_->acceptor;
+  auto failed = [&](const char* step) {
+    return std::unexpected(Error(ErrorCode::kInvalidConfig,
+                                 std::string("server.listen: cannot ") + step + " " + host + ":" +
+                                     std::to_string(state_->config.port) + ": " + ec.message()));
+  };
+  if (a.open(endpoint.protocol(), ec); ec) return failed("open");
+  if (a.set_option(asio::socket_base::reuse_address(true), ec); ec) return failed("set up");
+  if (a.bind(endpoint, ec); ec) return failed("bind");
+  if (a.listen(asio::socket_base::max_listen_connections, ec); ec) return failed("listen on");
+  return a.local_endpoint().port();
+}
+
+void HttpServer::start() {
+  asio::co_spawn(state_->acceptor.get_executor(), state_->accept_loop(), asio::detached);
+}
+
+void HttpServer::stop() { state_->stop(); }
+
+std::size_t HttpServer::connections() const { return state_->connections(); }
+
+}  // namespace poolkeeper::server

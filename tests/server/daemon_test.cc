@@ -1,0 +1,391 @@
+// The daemon end to end: `poolkeeper serve` as a child process on port 0 with
+// real workers, spoken to over HTTP. Routes, the authorization matrix, bad
+// input, a client that goes away while it waits, and SIGTERM.
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+
+#include <gtest/gtest.h>
+
+#include <boost/json.hpp>
+
+#include <future>
+#include <memory>
+#include <string>
+
+#include "testing/daemon_process.h"
+#include "testing/http_client.h"
+#include "testing/process_util.h"
+#include "testing/wait.h"
+
+namespace poolkeeper::testing {
+namespace {
+
+namespace json = boost::json;
+using namespace std::chrono_literals;
+
+const std::string kAlice = "alice-token-0123456789";
+const std::string kBob = "bob-token-0123456789ab";
+const std::string kRoot = "root-token-0123456789a";
+
+std::string config_text(const std::string& extra_server = "") {
+  return std::string(R"(
+[server]
+listen = "127.0.0.1:0"
+auth = "tokens"
+max_body = "4KiB"
+max_header = "2KiB"
+max_json_depth = 16
+header_timeout = "1s"
+shutdown_grace = "10s"
+)") + extra_server + R"(
+[pools.echo]
+command = [")" + POOLKEEPER_TEST_WORKER + R"("]
+min = 1
+max = 2
+stop_grace = "200ms"
+kill_after = "200ms"
+sample_interval = "100ms"
+
+[pools.tiny]
+command = [")" + POOLKEEPER_TEST_WORKER + R"("]
+min = 1
+max = 1
+early_reject = false
+stop_grace = "200ms"
+kill_after = "200ms"
+
+[tenants.alice]
+token_env = "ALICE_TOKEN"
+
+[tenants.bob]
+token_env = "BOB_TOKEN"
+pools = ["echo"]
+
+[tenants.root]
+token_env = "ROOT_TOKEN"
+admin = true
+)";
+}
+
+std::vector<std::string> token_env() {
+  return {"ALICE_TOKEN=" + kAlice, "BOB_TOKEN=" + kBob, "ROOT_TOKEN=" + kRoot};
+}
+
+class DaemonTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    daemon_ = new DaemonProcess(config_text(), token_env());
+    port_ = daemon_->port();
+  }
+  static void TearDownTestSuite() {
+    delete daemon_;
+    daemon_ = nullptr;
+  }
+
+  void SetUp() override {
+    ASSERT_NE(port_, 0) << "the daemon did not start";
+    // Every test starts with both pools warm and nothing leased.
+    HttpClient c(port_);
+    ASSERT_TRUE(wait_until([&] { return c.request("GET", "/health").status == 200; }, 30s));
+  }
+
+  static std::string lease(HttpClient& c, const std::string& pool, const std::string& token,
+                           const std::string& body = "{}") {
+    HttpResult r = c.request("POST", "/v1/pools/" + pool + "/leases", body, token);
+    EXPECT_EQ(r.status, 201) << r.body;
+    return r.status == 201 ? std::string(r.json().at("lease").as_string()) : std::string();
+  }
+
+  static int queue_length(HttpClient& c, const std::string& pool) {
+    HttpResult r = c.request("GET", "/v1/pools/" + pool, {}, kRoot);
+    return r.status == 200 ? static_cast<int>(r.json().at("queue_length").as_int64()) : -1;
+  }
+
+  static DaemonProcess* daemon_;
+  static std::uint16_t port_;
+};
+
+DaemonProcess* DaemonTest::daemon_ = nullptr;
+std::uint16_t DaemonTest::port_ = 0;
+
+// Verifies acquire, execute on the lease, release, and a second release.
+TEST_F(DaemonTest, LeaseExecuteRelease) {
+  HttpClient c(port_);
+  const std::string id = lease(c, "echo", kAlice, R"({"priority": 7, "timeout_ms": 5000})");
+  ASSERT_FALSE(id.empty());
+  EXPECT_TRUE(id.starts_with("echo."));
+  HttpResult r = c.request("POST", "/v1/leases/" + id + "/execute", R"({"params": {"value": [1, "two"]}})",
+                           kAlice);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.json(), json::parse(R"({"ok": true, "result": [1, "two"]})"));
+  r = c.request("DELETE", "/v1/leases/" + id, {}, kAlice);
+  ASSERT_EQ(r.status, 200) << r.body;
+  r = c.request("DELETE", "/v1/leases/" + id, {}, kAlice);
+  EXPECT_EQ(r.status, 409);
+  EXPECT_EQ(r.error_code(), "lease_already_released");
+  r = c.request("POST", "/v1/leases/" + id + "/execute", R"({"params": 1})", kAlice);
+  EXPECT_EQ(r.status, 409) << r.body;
+}
+
+// Verifies the one-shot execute, its worker error passed through, and the
+// client session reaching the worker.
+TEST_F(DaemonTest, OneShotExecute) {
+  HttpClient c(port_);
+  HttpResult r = c.request("POST", "/v1/pools/echo/execute",
+                           R"({"client_session": "user-1", "params": {"value": "hi"}})", kBob);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.json(), json::parse(R"({"ok": true, "result": "hi"})"));
+  r = c.request("POST", "/v1/pools/echo/execute", R"({"params": {"op": "crash"}})", kBob);
+  EXPECT_EQ(r.status, 502) << r.body;
+  EXPECT_EQ(r.error_code(), "session_lost");
+}
+
+// Verifies who may do what: every route with no token, a wrong token, a
+// tenant that may not use the pool or does not own the lease, the owner,
+// and an admin.
+TEST_F(DaemonTest, AuthorizationMatrix) {
+  HttpClient c(port_);
+  struct Case {
+    std::string method, target, body;
+    int none, wrong, other, tenant, admin;  // expected statuses
+  };
+  const std::string alice_lease = lease(c, "echo", kAlice);
+  ASSERT_FALSE(alice_lease.empty());
+  // `other` is bob (may not use tiny, does not own alice's lease); `tenant` is alice.
+  const std::vector<Case> cases = {
+      {"GET", "/v1/pools", "", 401, 401, 200, 200, 200},
+      {"GET", "/v1/pools/tiny", "", 401, 401, 404, 200, 200},
+      {"GET", "/v1/pools/tiny/sessions", "", 401, 401, 404, 200, 200},
+      {"POST", "/v1/leases/" + alice_lease + "/execute", R"({"params": 1})", 401, 401, 404, 200, 404},
+      {"POST", "/v1/pools/echo/scale", R"({"target": 1})", 401, 401, 403, 403, 200},
+      {"POST", "/v1/pools/echo/autoscale", R"({"enabled": false})", 401, 401, 403, 403, 200},
+      {"POST", "/v1/pools/tiny/pause", "", 401, 401, 404, 403, 200},
+      {"POST", "/v1/pools/tiny/resume", "", 401, 401, 404, 403, 200},
+      {"GET", "/metrics", "", 401, 401, 200, 200, 200},
+      {"GET", "/health", "", 200, 200, 200, 200, 200},
+  };
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.method + " " + k.target);
+    EXPECT_EQ(c.request(k.method, k.target, k.body).status, k.none);
+    EXPECT_EQ(c.request(k.method, k.target, k.body, "not-a-token-at-all").status, k.wrong);
+    EXPECT_EQ(c.request(k.method, k.target, k.body, kBob).status, k.other);
+    EXPECT_EQ(c.request(k.method, k.target, k.body, kAlice).status, k.tenant);
+    EXPECT_EQ(c.request(k.method, k.target, k.body, kRoot).status, k.admin);
+  }
+  // Another tenant cannot release it either; its owner can.
+  EXPECT_EQ(c.request("DELETE", "/v1/leases/" + alice_lease, {}, kBob).status, 404);
+  EXPECT_EQ(c.request("DELETE", "/v1/leases/" + alice_lease, {}, kAlice).status, 200);
+  EXPECT_EQ(c.request("POST", "/v1/pools/echo/scale", R"({"target": 1})", kRoot).status, 200);
+}
+
+// Verifies the bad-input catalogue: each gets its status and error code and
+// the daemon keeps serving.
+TEST_F(DaemonTest, BadInputGetsClearErrors) {
+  HttpClient c(port_);
+  struct Case {
+    std::string method, target, body;
+    int status;
+    std::string code;
+  };
+  std::string deep;
+  for (int i = 0; i < 40; ++i) deep += "[";
+  for (int i = 0; i < 40; ++i) deep += "]";
+  const std::vector<Case> cases = {
+      {"POST", "/v1/pools/echo/leases", "{not json", 400, "invalid_argument"},
+      {"POST", "/v1/pools/echo/leases", "[1, 2]", 400, "invalid_argument"},
+      {"POST", "/v1/pools/echo/leases", R"({"priority": "high"})", 400, "invalid_argument"},
+      {"POST", "/v1/pools/echo/leases", R"({"priority": 12})", 400, "invalid_argument"},
+      {"POST", "/v1/pools/echo/leases", R"({"timeout_ms": -1})", 400, "invalid_argument"},
+      {"POST", "/v1/pools/echo/execute", R"({"params": )" + deep + "}", 400, "invalid_argument"},
+      {"POST", "/v1/pools/nope/leases", "{}", 404, "unknown_pool"},
+      {"DELETE", "/v1/leases/echo.12345", "", 404, "unknown_lease"},
+      {"DELETE", "/v1/leases/garbage", "", 404, "unknown_lease"},
+      {"DELETE", "/v1/leases/nope.1", "", 404, "unknown_lease"},
+      {"GET", "/v1/nothing", "", 404, "not_found"},
+      {"PATCH", "/v1/pools", "", 405, "method_not_allowed"},
+      {"POST", "/v1/pools/echo/scale", R"({})", 400, "invalid_argument"},
+      {"GET", "/v1/client-sessions/u1", "", 400, "invalid_argument"},  // two pools: which?
+  };
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.method + " " + k.target + " " + k.body.substr(0, 40));
+    HttpResult r = c.request(k.method, k.target, k.body, kRoot);
+    EXPECT_EQ(r.status, k.status) << r.body;
+    EXPECT_EQ(r.error_code(), k.code) << r.body;
+  }
+  // A body over max_body: 413, without the daemon reading it all.
+  HttpResult big = c.request("POST", "/v1/pools/echo/execute",
+                             R"({"params": ")" + std::string(10000, 'x') + R"("})", kRoot);
+  EXPECT_EQ(big.status, 413);
+  EXPECT_EQ(big.error_code(), "body_too_large");
+  // Headers over max_header: 431.
+  HttpClient h(port_);
+  HttpResult huge = h.request("GET", "/v1/pools?pad=" + std::string(4000, 'p'), {}, kRoot);
+  EXPECT_EQ(huge.status, 431);
+  // Still serving.
+  EXPECT_EQ(c.request("GET", "/v1/pools", {}, kRoot).status, 200);
+}
+
+// Verifies that an acquire that times out gets 503 with retry_after_ms and
+// a Retry-After header.
+TEST_F(DaemonTest, AcquireTimeoutIs503WithRetryAfter) {
+  HttpClient c(port_);
+  const std::string held = lease(c, "tiny", kAlice);
+  ASSERT_FALSE(held.empty());
+  HttpResult r = c.request("POST", "/v1/pools/tiny/leases", R"({"timeout_ms": 100})", kAlice);
+  EXPECT_EQ(r.status, 503) << r.body;
+  EXPECT_EQ(r.error_code(), "acquire_timeout");
+  EXPECT_GT(r.json().at("error").at("retry_after_ms").as_int64(), 0);
+  EXPECT_FALSE(r.headers["Retry-After"].empty());
+  EXPECT_EQ(c.request("DELETE", "/v1/leases/" + held, {}, kAlice).status, 200);
+}
+
+// Verifies that a client that disconnects while it waits leaves the queue.
+TEST_F(DaemonTest, ClientGoingAwayCancelsItsWait) {
+  HttpClient c(port_);
+  const std::string held = lease(c, "tiny", kAlice);
+  ASSERT_FALSE(held.empty());
+  {
+    HttpClient waiter(port_);
+    const std::string body = R"({"timeout_ms": 60000})";
+    const std::string raw = "POST /v1/pools/tiny/leases HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                            kAlice + "\r\nContent-Length: " + std::to_string(body.size()) +
+                            "\r\n\r\n" + body;
+    ASSERT_EQ(::send(waiter.socket().native_handle(), raw.data(), raw.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(raw.size()));
+    ASSERT_TRUE(wait_until([&] { return queue_length(c, "tiny") == 1; }));
+  }  // the waiter's connection closes here
+  EXPECT_TRUE(wait_until([&] { return queue_length(c, "tiny") == 0; }));
+  EXPECT_EQ(c.request("DELETE", "/v1/leases/" + held, {}, kAlice).status, 200);
+  // The session is free again: nobody got it behind our back.
+  const std::string again = lease(c, "tiny", kAlice, R"({"timeout_ms": 5000})");
+  ASSERT_FALSE(again.empty());
+  EXPECT_EQ(c.request("DELETE", "/v1/leases/" + again, {}, kAlice).status, 200);
+}
+
+// Verifies that a client that never finishes its headers is disconnected
+// after header_timeout.
+TEST_F(DaemonTest, SlowHeadersAreCutOff) {
+  HttpClient slow(port_);
+  const int fd = slow.socket().native_handle();
+  timeval tv{.tv_sec = 20, .tv_usec = 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  const std::string partial = "GET /v1/pools HTTP/1.1\r\nHost: x\r\n";
+  ASSERT_EQ(::send(fd, partial.data(), partial.size(), MSG_NOSIGNAL), static_cast<ssize_t>(partial.size()));
+  char buf[256];
+  const TimePoint t0 = real_now();
+  const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+  EXPECT_LE(n, 0) << "the daemon answered a request it never fully got";
+  EXPECT_LT(real_now() - t0, Duration(15s)) << "not cut off";
+}
+
+// Verifies client sessions: a document stored, read back, isolated per
+// tenant, and deleted.
+TEST_F(DaemonTest, ClientSessionsBelongToTheirTenant) {
+  HttpClient c(port_);
+  HttpResult r = c.request("PUT", "/v1/client-sessions/conv-1?pool=echo", R"({"document": {"step": 3}})",
+                           kAlice);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.json().at("id"), "conv-1");
+  r = c.request("GET", "/v1/client-sessions/conv-1?pool=echo", {}, kAlice);
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.json().at("document"), json::parse(R"({"step": 3})"));
+  EXPECT_EQ(c.request("GET", "/v1/client-sessions/conv-1?pool=echo", {}, kBob).status, 404);
+  EXPECT_EQ(c.request("DELETE", "/v1/client-sessions/conv-1?pool=echo", {}, kAlice).status, 200);
+  EXPECT_EQ(c.request("GET", "/v1/client-sessions/conv-1?pool=echo", {}, kAlice).status, 404);
+}
+
+// Verifies reservations: made, listed for their owner only, cancelled.
+TEST_F(DaemonTest, Reservations) {
+  HttpClient c(port_);
+  HttpResult r = c.request("POST", "/v1/pools/echo/reservations", R"({"ttl_ms": 60000})", kAlice);
+  ASSERT_EQ(r.status, 201) << r.body;
+  const std::string id(r.json().at("reservation").as_string());
+  r = c.request("GET", "/v1/reservations", {}, kAlice);
+  ASSERT_EQ(r.status, 200);
+  EXPECT_EQ(r.json().at("reservations").as_array().size(), 1u);
+  r = c.request("GET", "/v1/reservations", {}, kBob);
+  EXPECT_EQ(r.json().at("reservations").as_array().size(), 0u);
+  EXPECT_EQ(c.request("DELETE", "/v1/reservations/" + id, {}, kBob).status, 404);
+  EXPECT_EQ(c.request("DELETE", "/v1/reservations/" + id, {}, kAlice).status, 200);
+}
+
+// Verifies the health document, the pool list and the Prometheus metrics.
+TEST_F(DaemonTest, HealthPoolsAndMetrics) {
+  HttpClient c(port_);
+  HttpResult h = c.request("GET", "/health");
+  ASSERT_EQ(h.status, 200);
+  EXPECT_EQ(h.json().at("status"), "healthy");
+  EXPECT_EQ(h.json().at("pools").as_array().size(), 2u);
+  HttpResult pools = c.request("GET", "/v1/pools", {}, kBob);
+  ASSERT_EQ(pools.status, 200);
+  ASSERT_EQ(pools.json().at("pools").as_array().size(), 1u);  // bob may use echo only
+  EXPECT_EQ(pools.json().at("pools").at(0).at("name"), "echo");
+  HttpResult sessions = c.request("GET", "/v1/pools/echo/sessions", {}, kAlice);
+  ASSERT_EQ(sessions.status, 200);
+  ASSERT_FALSE(sessions.json().at("sessions").as_array().empty());
+  EXPECT_TRUE(sessions.json().at("sessions").at(0).as_object().contains("rss_bytes"));
+  HttpResult m = c.request("GET", "/metrics", {}, kAlice);
+  ASSERT_EQ(m.status, 200);
+  EXPECT_NE(m.headers["Content-Type"].find("text/plain"), std::string::npos);
+  EXPECT_NE(m.body.find("poolkeeper_sessions{pool=\"echo\",state=\"idle\"}"), std::string::npos);
+  EXPECT_NE(m.body.find("# TYPE poolkeeper_leases_granted_total counter"), std::string::npos);
+}
+
+// Verifies SIGTERM: waiters are answered 503 shutdown, a lease in flight
+// may still finish, every worker is stopped, and the daemon exits 0.
+TEST(DaemonShutdownTest, SigtermAnswersWaitersAndExitsClean) {
+  DaemonProcess daemon(config_text(), token_env());
+  const std::uint16_t port = daemon.port();
+  ASSERT_NE(port, 0);
+  HttpClient c(port);
+  ASSERT_TRUE(wait_until([&] { return c.request("GET", "/health").status == 200; }, 30s));
+  std::vector<pid_t> workers;
+  for (const char* pool : {"echo", "tiny"}) {
+    HttpResult s = c.request("GET", std::string("/v1/pools/") + pool + "/sessions", {}, kRoot);
+    ASSERT_EQ(s.status, 200) << s.body;
+    const json::value doc = s.json();
+    for (const auto& v : doc.at("sessions").as_array()) {
+      const std::string d(v.at("describe").as_string());
+      if (d.starts_with("pid ")) workers.push_back(std::stoi(d.substr(4)));
+    }
+  }
+  ASSERT_GE(workers.size(), 2u);
+  HttpResult l = c.request("POST", "/v1/pools/tiny/leases", "{}", kAlice);
+  ASSERT_EQ(l.status, 201);
+  const std::string held(l.json().at("lease").as_string());
+  auto waiting = std::async(std::launch::async, [port] {
+    HttpClient w(port);
+    return w.request("POST", "/v1/pools/tiny/leases", R"({"timeout_ms": 60000})", kAlice);
+  });
+  ASSERT_TRUE(wait_until([&] {
+    HttpResult r = c.request("GET", "/v1/pools/tiny", {}, kRoot);
+    return r.status == 200 && r.json().at("queue_length").as_int64() == 1;
+  }));
+  daemon.signal(SIGTERM);
+  HttpResult answered = waiting.get();
+  EXPECT_EQ(answered.status, 503) << answered.body;
+  EXPECT_EQ(answered.error_code(), "shutdown");
+  // New work is refused; the lease in flight still works within the grace.
+  HttpClient late(port);
+  EXPECT_EQ(late.request("POST", "/v1/pools/echo/leases", "{}", kAlice).error_code(), "shutdown");
+  HttpResult run = late.request("POST", "/v1/leases/" + held + "/execute", R"({"params": 7})", kAlice);
+  EXPECT_EQ(run.status, 200) << run.body;
+  HttpResult rel = late.request("DELETE", "/v1/leases/" + held, {}, kAlice);
+  EXPECT_EQ(rel.status, 200) << rel.body;
+  EXPECT_EQ(daemon.wait_exit(60s), 0);
+  for (pid_t p : workers) EXPECT_FALSE(process_alive(p)) << "worker " << p << " outlived the daemon";
+  EXPECT_TRUE(daemon.logged("\"msg\":\"stopped\""));
+}
+
+// Verifies that a bad configuration is refused at start with its reason.
+TEST(DaemonShutdownTest, BadConfigIsRefusedAtStart) {
+  DaemonProcess daemon("[pools.x]\ncommand = [\"true\"]\nmax = 0\n");
+  EXPECT_EQ(daemon.wait_exit(30s), 2);
+  const auto lines = daemon.log_lines();
+  ASSERT_FALSE(lines.empty());
+  EXPECT_NE(lines[0].find("pools.x.max: must be between 1"), std::string::npos) << lines[0];
+}
+
+}  // namespace
+}  // namespace poolkeeper::testing
