@@ -3,12 +3,14 @@
 // input, a client that goes away while it waits, and SIGTERM.
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <sys/time.h>
 
 #include <gtest/gtest.h>
 
 #include <boost/json.hpp>
 
+#include <cstdio>
 #include <future>
 #include <memory>
 #include <string>
@@ -330,6 +332,69 @@ TEST_F(DaemonTest, HealthPoolsAndMetrics) {
   EXPECT_NE(m.headers["Content-Type"].find("text/plain"), std::string::npos);
   EXPECT_NE(m.body.find("poolkeeper_sessions{pool=\"echo\",state=\"idle\"}"), std::string::npos);
   EXPECT_NE(m.body.find("# TYPE poolkeeper_leases_granted_total counter"), std::string::npos);
+}
+
+// The CLI against the shared daemon: exit status and what it printed (both
+// streams).
+struct CliRun {
+  int status = -1;
+  std::string output;
+};
+
+CliRun run_cli(std::uint16_t port, const std::string& token, const std::string& args) {
+  const std::string command = "POOLKEEPER_URL=http://127.0.0.1:" + std::to_string(port) +
+                              " POOLKEEPER_TOKEN='" + token + "' " + POOLKEEPER_BINARY + " " + args +
+                              " 2>&1";
+  CliRun r;
+  FILE* f = ::popen(command.c_str(), "r");
+  if (f == nullptr) return r;
+  char buf[4096];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) r.output.append(buf, n);
+  const int status = ::pclose(f);
+  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+// Verifies the CLI's client commands: status as a table and as JSON, exec,
+// lease and release, operator commands, and its errors.
+TEST_F(DaemonTest, CliTalksToTheDaemon) {
+  CliRun r = run_cli(port_, kAlice, "status");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("POOL"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("echo"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("tiny:"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("pid "), std::string::npos) << r.output;
+  r = run_cli(port_, kBob, "--json status");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(json::parse(r.output).at("pools").as_array().size(), 1u);  // bob sees echo only
+  r = run_cli(port_, kAlice, "exec echo '{\"value\": 42}'");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(r.output, "42\n");
+  r = run_cli(port_, kAlice, "lease tiny --timeout 5s");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const std::string id = r.output.substr(0, r.output.find('\n'));
+  EXPECT_TRUE(id.starts_with("tiny.")) << id;
+  r = run_cli(port_, kAlice, "exec --lease " + id + " '{\"value\": \"on lease\"}'");
+  EXPECT_EQ(r.output, "\"on lease\"\n");
+  EXPECT_EQ(run_cli(port_, kAlice, "release " + id).status, 0);
+  r = run_cli(port_, kAlice, "release " + id);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.output.find("lease_already_released"), std::string::npos) << r.output;
+  r = run_cli(port_, kAlice, "pause tiny");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.output.find("forbidden"), std::string::npos) << r.output;
+  EXPECT_EQ(run_cli(port_, kRoot, "pause tiny").status, 0);
+  EXPECT_NE(run_cli(port_, kRoot, "status tiny").output.find("paused"), std::string::npos);
+  EXPECT_EQ(run_cli(port_, kRoot, "resume tiny").status, 0);
+  r = run_cli(port_, "wrong-token-0000000000", "status");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.output.find("unauthorized"), std::string::npos) << r.output;
+  EXPECT_EQ(run_cli(port_, kAlice, "top --iterations 2 --interval 10ms").status, 0);
+  EXPECT_EQ(run_cli(port_, kAlice, "exec echo 'not json'").status, 2);
+  r = run_cli(1, kAlice, "status");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.output.find("cannot reach the daemon"), std::string::npos) << r.output;
 }
 
 // Verifies SIGTERM: waiters are answered 503 shutdown, a lease in flight

@@ -1,0 +1,101 @@
+#include "cli/http_client.h"
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+
+namespace poolkeeper::cli {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+
+struct HttpClient::Impl {
+  std::string host;
+  std::string port;
+  std::string token;
+  asio::io_context io;
+  tcp::socket socket{io};
+  beast::flat_buffer buffer;
+  std::string url;
+
+  std::expected<void, std::string> connect() {
+    boost::system::error_code ec;
+    tcp::resolver resolver(io);
+    auto endpoints = resolver.resolve(host, port, ec);
+    if (ec) return std::unexpected("cannot resolve " + host + ": " + ec.message());
+    asio::connect(socket, endpoints, ec);
+    if (ec) return std::unexpected("cannot reach the daemon at " + url + ": " + ec.message());
+    buffer.clear();
+    return {};
+  }
+
+  std::expected<HttpReply, std::string> once(const std::string& method, const std::string& target,
+                                             const std::string& body) {
+    if (!socket.is_open()) {
+      if (auto ok = connect(); !ok) return std::unexpected(ok.error());
+    }
+    http::request<http::string_body> req{http::string_to_verb(method), target, 11};
+    req.set(http::field::host, host);
+    req.set(http::field::user_agent, "poolkeeper-cli");
+    if (!token.empty()) req.set(http::field::authorization, "Bearer " + token);
+    if (!body.empty()) req.set(http::field::content_type, "application/json");
+    req.body() = body;
+    req.prepare_payload();
+    req.keep_alive(true);
+    boost::system::error_code ec;
+    http::write(socket, req, ec);
+    if (ec) {
+      socket.close(ec);
+      return std::unexpected("the connection failed: " + ec.message());
+    }
+    http::response_parser<http::string_body> parser;
+    parser.body_limit(64u << 20);
+    http::read(socket, buffer, parser, ec);
+    if (ec) {
+      socket.close(ec);
+      return std::unexpected("the connection failed: " + ec.message());
+    }
+    auto res = parser.release();
+    if (!res.keep_alive()) socket.close(ec);
+    return HttpReply{.status = static_cast<int>(res.result_int()), .body = std::move(res.body())};
+  }
+};
+
+HttpClient::HttpClient(std::string url, std::string token) : impl_(std::make_unique<Impl>()) {
+  impl_->url = url;
+  impl_->token = std::move(token);
+  std::string rest = url.starts_with("http://") ? url.substr(7) : url;
+  rest = rest.substr(0, rest.find('/'));
+  const std::size_t colon = rest.rfind(':');
+  if (colon != std::string::npos && rest.find(']') == std::string::npos) {
+    impl_->host = rest.substr(0, colon);
+    impl_->port = rest.substr(colon + 1);
+  } else if (colon != std::string::npos && rest.rfind(']') < colon) {
+    impl_->host = rest.substr(1, rest.rfind(']') - 1);
+    impl_->port = rest.substr(colon + 1);
+  } else {
+    impl_->host = rest;
+    impl_->port = "80";
+  }
+}
+
+HttpClient::~HttpClient() = default;
+
+std::expected<HttpReply, std::string> HttpClient::call(const std::string& method,
+                                                       const std::string& target,
+                                                       const std::string& body) {
+  const bool reused = impl_->socket.is_open();
+  auto r = impl_->once(method, target, body);
+  // A kept-alive connection the daemon closed meanwhile: once more, on a new
+  // one, for requests that cannot have been half done.
+  if (!r && reused && (method == "GET" || method == "PUT" || method == "DELETE")) {
+    r = impl_->once(method, target, body);
+  }
+  return r;
+}
+
+}  // namespace poolkeeper::cli
