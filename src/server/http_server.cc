@@ -15,6 +15,7 @@
 #include <boost/beast/http.hpp>
 
 #include <array>
+#include <cerrno>
 #include <mutex>
 #include <unordered_map>
 
@@ -132,14 +133,22 @@ struct HttpServer::State : std::enable_shared_from_this<HttpServer::State> {
   }
 
   // Completes when the client has gone away (EOF or an error); pipelined
-  // bytes are left in the socket for the next request.
+  // bytes are left in the socket for the next request. A readiness report
+  // can be stale (the bytes it announced were already read): nothing to
+  // peek then means the client is still there.
   static asio::awaitable<void> watch_gone(tcp::socket& socket) {
-    auto [ec] = co_await socket.async_wait(tcp::socket::wait_read, asio::as_tuple(asio::use_awaitable));
-    if (ec) co_return;
-    char c;
-    const ssize_t n = ::recv(socket.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n <= 0) co_return;  // EOF or an error: gone
-    // A pipelined request: the client is still there; wait until cancelled.
+    for (;;) {
+      auto [ec] = co_await socket.async_wait(tcp::socket::wait_read, asio::as_tuple(asio::use_awaitable));
+      if (ec) co_return;  // cancelled (the request finished) or the socket failed
+      char c;
+      const ssize_t n = ::recv(socket.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (n == 0) co_return;  // EOF: gone
+      if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) continue;  // stale
+        co_return;  // reset: gone
+      }
+      break;  // a pipelined request: the client is still there
+    }
     asio::steady_timer forever(socket.get_executor(), asio::steady_timer::time_point::max());
     (void)co_await forever.async_wait(asio::as_tuple(asio::use_awaitable));
   }

@@ -85,6 +85,16 @@ class DaemonTest : public ::testing::Test {
     daemon_ = nullptr;
   }
 
+  void TearDown() override {
+    if (!HasFailure() || daemon_ == nullptr) return;
+    const auto lines = daemon_->log_lines();
+    std::string tail;
+    for (std::size_t i = lines.size() > 40 ? lines.size() - 40 : 0; i < lines.size(); ++i) {
+      tail += lines[i] + "\n";
+    }
+    ADD_FAILURE() << "the daemon's last log lines:\n" << tail;
+  }
+
   void SetUp() override {
     ASSERT_NE(port_, 0) << "the daemon did not start";
     // Every test starts with both pools warm and nothing leased.
@@ -235,11 +245,11 @@ TEST_F(DaemonTest, AcquireTimeoutIs503WithRetryAfter) {
   const std::string held = lease(c, "tiny", kAlice);
   ASSERT_FALSE(held.empty());
   HttpResult r = c.request("POST", "/v1/pools/tiny/leases", R"({"timeout_ms": 100})", kAlice);
-  EXPECT_EQ(r.status, 503) << r.body;
+  EXPECT_EQ(c.request("DELETE", "/v1/leases/" + held, {}, kAlice).status, 200);
+  ASSERT_EQ(r.status, 503) << r.body;
   EXPECT_EQ(r.error_code(), "acquire_timeout");
   EXPECT_GT(r.json().at("error").at("retry_after_ms").as_int64(), 0);
   EXPECT_FALSE(r.headers["Retry-After"].empty());
-  EXPECT_EQ(c.request("DELETE", "/v1/leases/" + held, {}, kAlice).status, 200);
 }
 
 // Verifies that a client that disconnects while it waits leaves the queue.
