@@ -19,13 +19,13 @@
 #include <deque>
 #include <exception>
 #include <mutex>
-#include <random>
 #include <thread>
 #include <unordered_map>
 #include <vector>
 
 #include "core/pool_core.h"
 #include "pool/futex_lock.h"
+#include "pool/random_seed.h"
 #include "poolkeeper/pool.h"
 
 namespace poolkeeper::detail {
@@ -480,13 +480,8 @@ std::expected<PoolEngine*, Error> make_engine(PoolConfig config, ErasedFactory f
   if (!factory.create) {
     return std::unexpected(Error(ErrorCode::kInvalidConfig, "factory.create: required"));
   }
-  std::uint64_t seed = options.seed;
-  if (seed == 0) {
-    std::random_device device;
-    seed = (static_cast<std::uint64_t>(device()) << 32) ^ device();
-  }
   auto core = core::PoolCore::create(std::move(config),
-                                     core::CoreOptions{.seed = seed,
+                                     core::CoreOptions{.seed = seed_or_random(options.seed),
                                                        .shared_cap = options.shared_cap.get()});
   if (!core) return std::unexpected(std::move(core.error()));
   return new PoolEngine(std::move(*core), std::move(factory), std::move(options));

@@ -1,5 +1,6 @@
 // Completion<T>: a type-erased, move-only completion handler that always
-// completes on its handler's own executor, posted, never inline.
+// completes on its handler's own executor, posted, never inline (dispatch()
+// is the one exception, for callers that know it is safe).
 //
 // The runner's operations finish on the pool's strand; running a caller's
 // continuation there would run caller code in the middle of the runner's work
@@ -13,6 +14,7 @@
 #pragma once
 
 #include <boost/asio/associated_executor.hpp>
+#include <boost/asio/dispatch.hpp>
 #include <boost/asio/execution/outstanding_work.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/prefer.hpp>
@@ -45,10 +47,20 @@ class Completion {
     impl->post(std::move(values)...);
   }
 
+  // Completes at once when the calling thread runs the handler's executor
+  // (posted otherwise). Only for callers whose own state is consistent and
+  // that expect the handler to run before this returns.
+  void dispatch(T... values) {
+    if (impl_ == nullptr) return;
+    std::unique_ptr<Base> impl = std::move(impl_);
+    impl->dispatch(std::move(values)...);
+  }
+
  private:
   struct Base {
     virtual ~Base() = default;
     virtual void post(T... values) = 0;
+    virtual void dispatch(T... values) = 0;
   };
 
   template <class Handler, class WorkExecutor>
@@ -60,6 +72,11 @@ class Completion {
                                    boost::asio::execution::outstanding_work.tracked)) {}
     void post(T... values) override {
       boost::asio::post(work, [h = std::move(handler), ... v = std::move(values)]() mutable {
+        std::move(h)(std::move(v)...);
+      });
+    }
+    void dispatch(T... values) override {
+      boost::asio::dispatch(work, [h = std::move(handler), ... v = std::move(values)]() mutable {
         std::move(h)(std::move(v)...);
       });
     }

@@ -11,6 +11,8 @@
 #include <exception>
 #include <utility>
 
+#include "pool/random_seed.h"
+
 namespace poolkeeper::runtime {
 namespace {
 
@@ -68,7 +70,7 @@ std::expected<std::shared_ptr<PoolRunner>, Error> PoolRunner::create(
   }
   // The runner reports lease events (the daemon streams them).
   auto core = core::PoolCore::create(std::move(config),
-                                     {.seed = options.seed, .shared_cap = options.shared_cap});
+                                     {.seed = seed_or_random(options.seed), .shared_cap = options.shared_cap});
   if (!core) return std::unexpected(core.error());
   return std::shared_ptr<PoolRunner>(
       new PoolRunner(std::move(executor), std::move(*core), std::move(driver), std::move(options)));

@@ -12,8 +12,8 @@
 // the caller's executor, posted, never inline and never on the strand.
 // acquire, release and execute begin at once on the calling thread when it
 // runs the pool's io_context and the strand is free (else they are queued to
-// the strand), so `on_event` may run inside such a call: do not hold a lock
-// across it that on_event takes.
+// the strand, as are calls made from the strand itself), so `on_event` may
+// run inside such a call: do not hold a lock across it that on_event takes.
 //
 //   auto runner = *PoolRunner::create(io.get_executor(), config, std::move(driver));
 //   runner->start();
@@ -88,7 +88,7 @@ struct PoolSnapshot {
 };
 
 struct RunnerOptions {
-  std::uint64_t seed = 0x5eed;                 // the core's jitter and lease keys
+  std::uint64_t seed = 0;                      // the core's jitter and lease keys (0: random)
   SharedCap* shared_cap = nullptr;             // not owned
   Duration max_tick = std::chrono::milliseconds(250);
   Log* log = nullptr;                          // stderr_log() when null
@@ -224,10 +224,16 @@ class PoolRunner : public std::enable_shared_from_this<PoolRunner> {
   }
   // The hot paths (acquire, release, execute): at once on this thread when it
   // runs the pool's io_context and the strand is free, else queued. Saves a
-  // trip through the scheduler per call; completions are still posted.
+  // trip through the scheduler per call; completions are still posted. A
+  // call made from the strand itself (an on_event callback, a coroutine on
+  // the strand) is queued: it must not run inside the runner's own work.
   template <class F>
   void begin_on_strand(F&& fn) {
-    asio::dispatch(strand_, std::forward<F>(fn));
+    if (strand_.running_in_this_thread()) {
+      asio::post(strand_, std::forward<F>(fn));
+    } else {
+      asio::dispatch(strand_, std::forward<F>(fn));
+    }
   }
   template <class T>
   static void complete(Handler<T> handler, T value) {

@@ -9,10 +9,8 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
-#include <boost/asio/dispatch.hpp>
 #include <boost/asio/execution_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
-#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -31,6 +29,7 @@
 #include "drivers/process/line_buffer.h"
 #include "drivers/process/proc_stats.h"
 #include "drivers/process/spawn.h"
+#include "runtime/completion.h"
 
 namespace poolkeeper::drivers {
 namespace {
@@ -69,45 +68,8 @@ std::string excerpt(std::string_view s, std::size_t n = 80) {
 
 using Reply = std::expected<ExecuteReply, Error>;
 
-// A coroutine waiting for a worker's answer: its completion handler, type
-// erased, resumed on the handler's own executor (the pool's strand).
-class Resumer {
- public:
-  Resumer() = default;
-  template <class Handler>
-  explicit Resumer(Handler&& handler)
-      : impl_(std::make_unique<Impl<std::decay_t<Handler>>>(std::forward<Handler>(handler))) {}
-
-  // At once when the caller runs on the handler's executor; queued otherwise.
-  void dispatch(Reply r) {
-    if (auto impl = std::move(impl_)) impl->resume(std::move(r), /*queue=*/false);
-  }
-  // Always queued: the caller's state need not be consistent yet.
-  void post(Reply r) {
-    if (auto impl = std::move(impl_)) impl->resume(std::move(r), /*queue=*/true);
-  }
-
- private:
-  struct Base {
-    virtual ~Base() = default;
-    virtual void resume(Reply r, bool queue) = 0;
-  };
-  template <class Handler>
-  struct Impl final : Base {
-    explicit Impl(Handler h) : handler(std::move(h)) {}
-    void resume(Reply r, bool queue) override {
-      auto ex = asio::get_associated_executor(handler);
-      auto fn = [h = std::move(handler), r = std::move(r)]() mutable { std::move(h)(std::move(r)); };
-      if (queue) {
-        asio::post(ex, std::move(fn));
-      } else {
-        asio::dispatch(ex, std::move(fn));
-      }
-    }
-    Handler handler;
-  };
-  std::unique_ptr<Base> impl_;
-};
+// A coroutine waiting for a worker's answer: resumed on its own executor.
+using Waiting = runtime::Completion<Reply>;
 
 class Session;
 
@@ -160,7 +122,6 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
         drain_timer_(ex),
         deadline_timer_(ex, TimePoint::max()),
         live_(asio::use_service<LiveSessions>(asio::query(ex, asio::execution::context))) {
-    live_.add(this);
     // Non-blocking on our ends only; the child's ends are other descriptions.
     in_.non_blocking(true);
     out_.non_blocking(true);
@@ -175,6 +136,7 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
 
   void begin() {
     auto self = shared_from_this();
+    live_.add(this);  // constructed: the service may reach it from now on
     asio::co_spawn(ex_, read_stdout(), asio::detached);
     asio::co_spawn(ex_, read_stderr(), asio::detached);
     asio::co_spawn(ex_, watch_exit(), asio::detached);
@@ -184,8 +146,8 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
   // The io_context is going away (LiveSessions::shutdown): the worker is
   // killed and reaped, its pipes closed; the requests still waiting are
   // handed back to be dropped.
-  std::vector<Resumer> abandon() {
-    std::vector<Resumer> out;
+  std::vector<Waiting> abandon() {
+    std::vector<Waiting> out;
     for (Pending& p : pending_) out.push_back(std::move(p.resume));
     pending_.clear();
     failure_ = "was dropped with its io_context";
@@ -321,7 +283,7 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
     TimePoint deadline{};
     std::string_view method;  // a literal
     Duration timeout{};
-    Resumer resume;
+    Waiting resume;
   };
 
   void mark_ready() {
@@ -345,7 +307,7 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
                                      .deadline = deadline,
                                      .method = method,
                                      .timeout = timeout,
-                                     .resume = Resumer(std::move(handler))});
+                                     .resume = Waiting(std::move(handler), ex_)});
           if (deadline < deadline_timer_.expiry()) deadline_timer_.expires_at(deadline);
           send(std::move(line));
         },
@@ -382,7 +344,7 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
           abandoned_.erase(abandoned_order_.front());
           abandoned_order_.pop_front();
         }
-        p.resume.post(std::unexpected(Error(
+        p.resume(std::unexpected(Error(
             ErrorCode::kExecuteTimeout, std::string(p.method) + ": no answer within " + ms_text(p.timeout))));
       }
     }
@@ -432,6 +394,7 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
   asio::awaitable<void> read_stdout() {
     auto self = shared_from_this();
     std::vector<char> buf(64 * 1024);
+    std::vector<std::pair<Waiting, Reply>> answered;  // by the lines of one read
     for (;;) {
       auto [ec, n] =
           co_await out_.async_read_some(asio::buffer(buf), asio::as_tuple(asio::use_awaitable));
@@ -446,7 +409,7 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
         break;
       }
       const bool fits = lines_.feed(std::string_view(buf.data(), n),
-                                    [&](std::string_view line, bool) { on_line(line); });
+                                    [&](std::string_view line, bool) { on_line(line, answered); });
       if (!fits) {
         fail(ErrorCode::kProtocolError,
              "wrote a line longer than max_line (" + std::to_string(config_.max_line) + " bytes)",
@@ -454,16 +417,17 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
       }
       // Resumed only now, with this reader's state consistent: a resumed
       // caller may send the next request (or stop the session) right away.
-      std::vector<std::pair<Resumer, Reply>> answered = std::move(answered_);
-      answered_.clear();
       for (auto& [resume, reply] : answered) resume.dispatch(std::move(reply));
+      answered.clear();
       if (!failure_.empty() || !out_.is_open()) break;
     }
     out_eof_ = true;
     drain_timer_.cancel();
   }
 
-  void on_line(std::string_view line) {
+  // A line from the worker; an answer is added to `answered`, to be resumed
+  // once the whole read has been handled.
+  void on_line(std::string_view line, std::vector<std::pair<Waiting, Reply>>& answered) {
     if (!failure_.empty()) return;
     if (line.find_first_not_of(" \t") == std::string_view::npos) return;  // blank: harmless
     auto m = parse_worker_line(line);
@@ -484,7 +448,7 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
            /*kill=*/true);
       return;
     }
-    answered_.emplace_back(std::move(it->resume), ExecuteReply{.ok = m->ok, .json = std::move(m->body)});
+    answered.emplace_back(std::move(it->resume), ExecuteReply{.ok = m->ok, .json = std::move(m->body)});
     pending_.erase(it);
   }
 
@@ -575,7 +539,7 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
     }
     std::vector<Pending> pending = std::move(pending_);
     pending_.clear();
-    for (Pending& p : pending) p.resume.post(std::unexpected(Error(code, "the worker " + why)));
+    for (Pending& p : pending) p.resume(std::unexpected(Error(code, "the worker " + why)));
     ready_timer_.cancel();
     if (kill) {
       signal_group(SIGKILL);
@@ -662,7 +626,6 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
   LiveSessions& live_;
 
   std::vector<Pending> pending_;  // in flight; few, so a vector
-  std::vector<std::pair<Resumer, Reply>> answered_;  // by the line being read
   std::int64_t next_id_ = 1;
   std::unordered_set<std::int64_t> abandoned_;
   std::deque<std::int64_t> abandoned_order_;
@@ -690,14 +653,16 @@ class Session final : public DriverSession, public std::enable_shared_from_this<
 };
 
 void LiveSessions::shutdown() {
-  std::vector<Resumer> doomed;
+  std::vector<Waiting> doomed;
   {
     std::lock_guard lock(mu_);
     for (Session* s : sessions_) {
-      for (Resumer& r : s->abandon()) doomed.push_back(std::move(r));
+      for (Waiting& r : s->abandon()) doomed.push_back(std::move(r));
     }
   }
-  // Destroying the coroutines may free sessions (which remove themselves).
+  // Dropping the handlers hands each coroutine's teardown to its executor;
+  // the io_context's later shutdown steps destroy those, freeing the
+  // sessions the coroutines held (which remove themselves).
   doomed.clear();
 }
 
