@@ -4,12 +4,14 @@
 #include <unistd.h>
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_executor.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
@@ -73,17 +75,46 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
              {"auth", config.server.auth == AuthMode::kNone ? "none" : "tokens"},
              {"config", config.source}});
 
-  asio::signal_set signals(io, SIGTERM, SIGINT, SIGHUP);
-  int exit_status = 0;
+  // Signals and the shutdown run on one strand: their state needs no lock.
+  auto control = asio::make_strand(io);
+  asio::signal_set signals(control, SIGTERM, SIGINT, SIGHUP);
+
+  // New work is refused from now on; every runner at once answers its
+  // waiters, lets its leases finish within the grace (clients can still reach
+  // the daemon to execute on and release them) and stops its workers. Then
+  // the server closes.
+  auto shut_down = [&]() -> asio::awaitable<void> {
+    api.set_shutting_down();
+    std::size_t left = runners.size();
+    asio::steady_timer all_stopped(control, asio::steady_timer::time_point::max());
+    for (auto& r : runners) {
+      r->shutdown(config.server.shutdown_grace, asio::bind_executor(control, [&] {
+                    if (--left == 0) all_stopped.cancel();
+                  }));
+    }
+    while (left > 0) (void)co_await all_stopped.async_wait(asio::as_tuple(asio::use_awaitable));
+    server.stop();
+    // Responses in flight get a moment to be written.
+    for (int i = 0; i < 50 && server.connections() > 0; ++i) {
+      asio::steady_timer t(control, 100ms);
+      (void)co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+    log.write(runtime::LogLevel::kInfo, "stopped", {});
+    signals.cancel();
+    work.reset();
+    io.stop();
+  };
+
   asio::co_spawn(
-      io,
+      control,
       [&]() -> asio::awaitable<void> {
         bool shutting_down = false;
         for (;;) {
           auto [ec, sig] = co_await signals.async_wait(asio::as_tuple(asio::use_awaitable));
           if (ec) co_return;
           if (sig == SIGHUP) {
-            log.write(runtime::LogLevel::kWarn, "SIGHUP: reloading is not supported yet; restart to apply changes", {});
+            log.write(runtime::LogLevel::kWarn,
+                      "SIGHUP: reloading is not supported yet; restart to apply changes", {});
             continue;
           }
           if (shutting_down) {
@@ -97,26 +128,7 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
                                                   config.server.shutdown_grace)
                                                   .count()) +
                                    " s"}});
-          // New work is refused from now on; every runner answers its
-          // waiters, lets its leases finish within the grace (clients can
-          // still reach the daemon to execute on and release them) and
-          // stops its workers. Then the server closes.
-          api.set_shutting_down();
-          for (auto& r : runners) {
-            auto stopping = r->shutdown(config.server.shutdown_grace, asio::use_awaitable);
-            co_await std::move(stopping);
-          }
-          server.stop();
-          // Responses in flight get a moment to be written.
-          for (int i = 0; i < 50 && server.connections() > 0; ++i) {
-            asio::steady_timer t(io, 100ms);
-            (void)co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
-          }
-          log.write(runtime::LogLevel::kInfo, "stopped", {});
-          signals.cancel();
-          work.reset();
-          io.stop();
-          co_return;
+          asio::co_spawn(control, shut_down(), asio::detached);  // signals keep being watched
         }
       },
       asio::detached);
@@ -125,7 +137,7 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
   for (unsigned i = 1; i < threads; ++i) pool.emplace_back([&io] { io.run(); });
   io.run();
   for (auto& t : pool) t.join();
-  return exit_status;
+  return 0;
 }
 
 }  // namespace poolkeeper::server

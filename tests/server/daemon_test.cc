@@ -30,7 +30,7 @@ const std::string kAlice = "alice-token-0123456789";
 const std::string kBob = "bob-token-0123456789ab";
 const std::string kRoot = "root-token-0123456789a";
 
-std::string config_text(const std::string& extra_server = "") {
+std::string config_text(const std::string& shutdown_grace = "10s") {
   return std::string(R"(
 [server]
 listen = "127.0.0.1:0"
@@ -39,8 +39,8 @@ max_body = "4KiB"
 max_header = "2KiB"
 max_json_depth = 16
 header_timeout = "1s"
-shutdown_grace = "10s"
-)") + extra_server + R"(
+shutdown_grace = ")") + shutdown_grace + R"("
+
 [pools.echo]
 command = [")" + POOLKEEPER_TEST_WORKER + R"("]
 min = 1
@@ -410,7 +410,9 @@ TEST_F(DaemonTest, CliTalksToTheDaemon) {
 // Verifies SIGTERM: waiters are answered 503 shutdown, a lease in flight
 // may still finish, every worker is stopped, and the daemon exits 0.
 TEST(DaemonShutdownTest, SigtermAnswersWaitersAndExitsClean) {
-  DaemonProcess daemon(config_text(), token_env());
+  // A long grace: the pools must shut down together, not one after another
+  // (a lease held on the first pool must not delay the second's waiters).
+  DaemonProcess daemon(config_text("300s"), token_env());
   const std::uint16_t port = daemon.port();
   ASSERT_NE(port, 0);
   HttpClient c(port);
@@ -429,6 +431,9 @@ TEST(DaemonShutdownTest, SigtermAnswersWaitersAndExitsClean) {
   HttpResult l = c.request("POST", "/v1/pools/tiny/leases", "{}", kAlice);
   ASSERT_EQ(l.status, 201);
   const std::string held(l.json().at("lease").as_string());
+  HttpResult e = c.request("POST", "/v1/pools/echo/leases", "{}", kAlice);
+  ASSERT_EQ(e.status, 201);
+  const std::string held_echo(e.json().at("lease").as_string());
   auto waiting = std::async(std::launch::async, [port] {
     HttpClient w(port);
     return w.request("POST", "/v1/pools/tiny/leases", R"({"timeout_ms": 60000})", kAlice);
@@ -438,6 +443,7 @@ TEST(DaemonShutdownTest, SigtermAnswersWaitersAndExitsClean) {
     return r.status == 200 && r.json().at("queue_length").as_int64() == 1;
   }));
   daemon.signal(SIGTERM);
+  ASSERT_EQ(waiting.wait_for(120s), std::future_status::ready) << "the waiter was not answered";
   HttpResult answered = waiting.get();
   EXPECT_EQ(answered.status, 503) << answered.body;
   EXPECT_EQ(answered.error_code(), "shutdown");
@@ -448,9 +454,32 @@ TEST(DaemonShutdownTest, SigtermAnswersWaitersAndExitsClean) {
   EXPECT_EQ(run.status, 200) << run.body;
   HttpResult rel = late.request("DELETE", "/v1/leases/" + held, {}, kAlice);
   EXPECT_EQ(rel.status, 200) << rel.body;
+  EXPECT_EQ(late.request("DELETE", "/v1/leases/" + held_echo, {}, kAlice).status, 200);
   EXPECT_EQ(daemon.wait_exit(60s), 0);
   for (pid_t p : workers) EXPECT_FALSE(process_alive(p)) << "worker " << p << " outlived the daemon";
   EXPECT_TRUE(daemon.logged("\"msg\":\"stopped\""));
+}
+
+// Verifies that a second SIGTERM during the grace exits at once (status 1)
+// and that the workers still die with the daemon.
+TEST(DaemonShutdownTest, SecondSigtermExitsAtOnce) {
+  DaemonProcess daemon(config_text("300s"), token_env());
+  const std::uint16_t port = daemon.port();
+  ASSERT_NE(port, 0);
+  HttpClient c(port);
+  HttpResult l = c.request("POST", "/v1/pools/tiny/leases", R"({"timeout_ms": 30000})", kAlice);
+  ASSERT_EQ(l.status, 201) << l.body;
+  HttpResult s = c.request("GET", "/v1/pools/tiny/sessions", {}, kRoot);
+  ASSERT_EQ(s.status, 200);
+  const std::string describe(s.json().at("sessions").at(0).at("describe").as_string());
+  ASSERT_TRUE(describe.starts_with("pid "));
+  const pid_t worker = std::stoi(describe.substr(4));
+  daemon.signal(SIGTERM);
+  ASSERT_TRUE(wait_until([&] { return daemon.logged("\"msg\":\"shutting down\""); }));
+  EXPECT_FALSE(daemon.wait_exit(0s).has_value()) << "the lease's grace is 300 s";
+  daemon.signal(SIGTERM);
+  EXPECT_EQ(daemon.wait_exit(60s), 1);
+  EXPECT_TRUE(wait_until([&] { return !process_alive(worker); })) << "worker " << worker;
 }
 
 // Verifies that a bad configuration is refused at start with its reason.
