@@ -17,6 +17,7 @@
 #include <array>
 #include <cerrno>
 #include <mutex>
+#include <optional>
 #include <unordered_map>
 
 namespace poolkeeper::server {
@@ -34,6 +35,17 @@ constexpr auto kBodyTimeout = 60s;
 
 std::string route_of(std::string_view target) { return std::string(target.substr(0, target.find('?'))); }
 
+http::response<http::string_body> http_response(Response r, unsigned version, bool keep_alive) {
+  http::response<http::string_body> res{static_cast<http::status>(r.status), version};
+  res.set(http::field::server, "poolkeeper");
+  res.set(http::field::content_type, r.content_type);
+  if (r.retry_after_seconds > 0) res.set(http::field::retry_after, std::to_string(r.retry_after_seconds));
+  res.keep_alive(keep_alive);
+  res.body() = std::move(r.body);
+  res.prepare_payload();
+  return res;
+}
+
 }  // namespace
 
 struct HttpServer::State : std::enable_shared_from_this<HttpServer::State> {
@@ -47,35 +59,33 @@ struct HttpServer::State : std::enable_shared_from_this<HttpServer::State> {
   runtime::Log& log;
   std::atomic<bool> stopping{false};
 
-  // Connections, so stop() can close the idle ones.
-  struct Connection {
-    tcp::socket* socket = nullptr;
-    bool busy = false;  // a request is being read or handled
-  };
-  mutable std::mutex mu;
-  std::unordered_map<std::uint64_t, Connection> open;
-  std::uint64_t next_id = 1;
+  // Connections open now (accepted and not yet finished).
+  std::atomic<std::size_t> open{0};
+  // Connections waiting for their next request, so stop() can close them.
+  std::mutex mu;
+  std::unordered_map<std::uint64_t, tcp::socket*> idle;
+  std::atomic<std::uint64_t> next_id{1};
 
   asio::awaitable<void> accept_loop() {
     auto self = shared_from_this();
     while (!stopping.load()) {
-      auto [ec, socket] = co_await acceptor.async_accept(asio::make_strand(executor),
+      auto connection_strand = asio::make_strand(executor);
+      auto [ec, socket] = co_await acceptor.async_accept(connection_strand,
                                                          asio::as_tuple(asio::use_awaitable));
       if (ec) {
         if (stopping.load() || ec == asio::error::operation_aborted) break;
+        // Out of descriptors or memory: back off instead of spinning.
         log.write(runtime::LogLevel::kWarn, "accept failed", {{"why", ec.message()}});
-        if (ec == asio::error::no_descriptors) {
-          // Out of descriptors: back off instead of spinning.
-          asio::steady_timer t(acceptor.get_executor(), 100ms);
-          (void)co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
-        }
+        asio::steady_timer t(acceptor.get_executor(), 100ms);
+        (void)co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
         continue;
       }
-      if (connections() >= config.max_connections) {
+      if (open.load() >= config.max_connections) {
         boost::system::error_code ignored;
         socket.close(ignored);  // over the limit: refused
         continue;
       }
+      ++open;  // counted here, so a burst of accepts cannot pass the limit
       auto ex = socket.get_executor();
       asio::co_spawn(ex, serve(std::move(socket)), [self](std::exception_ptr e) {
         if (!e) return;
@@ -83,32 +93,37 @@ struct HttpServer::State : std::enable_shared_from_this<HttpServer::State> {
           std::rethrow_exception(e);
         } catch (const std::exception& x) {
           self->log.write(runtime::LogLevel::kError, "connection failed", {{"what", x.what()}});
+        } catch (...) {
+          self->log.write(runtime::LogLevel::kError, "connection failed", {});
         }
       });
     }
   }
 
-  std::size_t connections() const {
+  std::size_t connections() const { return open.load(); }
+
+  // While a connection waits for its next request it is idle: stop() may
+  // cancel that wait. False when the server is stopping.
+  bool enter_idle(std::uint64_t id, tcp::socket* s) {
     std::lock_guard lock(mu);
-    return open.size();
+    if (stopping.load()) return false;
+    idle[id] = s;
+    return true;
+  }
+  void leave_idle(std::uint64_t id) {
+    std::lock_guard lock(mu);
+    idle.erase(id);
   }
 
-  std::uint64_t track(tcp::socket* s) {
-    std::lock_guard lock(mu);
-    const std::uint64_t id = next_id++;
-    open[id] = Connection{.socket = s, .busy = false};
-    return id;
-  }
-  void untrack(std::uint64_t id) {
-    std::lock_guard lock(mu);
-    open.erase(id);
-  }
-  // False when the server is stopping (the connection should close).
-  bool set_busy(std::uint64_t id, bool busy) {
-    std::lock_guard lock(mu);
-    open[id].busy = busy;
-    return !stopping.load();
-  }
+  // Counts a connection down and forgets it, however its coroutine ends.
+  struct Finished {
+    State* state;
+    std::uint64_t id;
+    ~Finished() {
+      state->leave_idle(id);
+      --state->open;
+    }
+  };
 
   void stop() {
     stopping.store(true);
@@ -117,17 +132,16 @@ struct HttpServer::State : std::enable_shared_from_this<HttpServer::State> {
       self->acceptor.close(ignored);
     });
     std::lock_guard lock(mu);
-    for (auto& [id, c] : open) {
-      if (c.busy) continue;
-      // Idle: wake its read, on its own strand, so it sees `stopping`. The
-      // connection may end first: it is looked up again there (its strand
-      // runs the end of the connection and this in turn, never together).
-      asio::post(c.socket->get_executor(), [self = shared_from_this(), id = id] {
+    for (auto& [id, socket] : idle) {
+      // Wake its read, on its own strand, so it sees `stopping`. The wait may
+      // end first: it is looked up again there (its strand runs the end of
+      // the wait and this in turn, never together).
+      asio::post(socket->get_executor(), [self = shared_from_this(), id = id] {
         std::lock_guard again(self->mu);
-        auto it = self->open.find(id);
-        if (it == self->open.end() || it->second.busy) return;
+        auto it = self->idle.find(id);
+        if (it == self->idle.end()) return;
         boost::system::error_code ignored;
-        it->second.socket->cancel(ignored);
+        it->second->cancel(ignored);
       });
     }
   }
@@ -168,12 +182,7 @@ struct HttpServer::State : std::enable_shared_from_this<HttpServer::State> {
   // `r` by value: a coroutine keeps its parameters, and a reference to a
   // temporary would dangle once the call's full expression ends.
   asio::awaitable<void> reply_and_close(beast::tcp_stream& stream, unsigned version, Response r) {
-    http::response<http::string_body> res{static_cast<http::status>(r.status), version};
-    res.set(http::field::server, "poolkeeper");
-    res.set(http::field::content_type, r.content_type);
-    res.keep_alive(false);
-    res.body() = std::move(r.body);
-    res.prepare_payload();
+    auto res = http_response(std::move(r), version, /*keep_alive=*/false);
     auto sending = send(stream, res);
     if (!co_await std::move(sending)) co_return;
     boost::system::error_code ignored;
@@ -189,21 +198,27 @@ struct HttpServer::State : std::enable_shared_from_this<HttpServer::State> {
     }
   }
 
+  Response too_large() const {
+    return error_response(413, "body_too_large",
+                          "the body is larger than " + std::to_string(config.max_body) + " bytes");
+  }
+
   asio::awaitable<void> serve(tcp::socket socket) {
     auto self = shared_from_this();
     beast::tcp_stream stream(std::move(socket));
-    const std::uint64_t id = track(&stream.socket());
+    const Finished finished{this, next_id++};
     beast::flat_buffer buffer(std::max<std::size_t>(config.max_header, 8192));
-    for (;;) {
-      if (stopping.load()) break;
-      // Idle between requests: wait for the first byte of the next one.
+    for (bool first = true;; first = false) {
+      // Between requests: wait for the first byte of the next one (a new
+      // connection gets header_timeout for it, a kept-alive one idle_timeout).
       if (buffer.size() == 0) {
-        stream.expires_after(config.idle_timeout);
+        if (!enter_idle(finished.id, &stream.socket())) break;
+        stream.expires_after(first ? config.header_timeout : config.idle_timeout);
         auto [ec, n] = co_await stream.async_read_some(buffer.prepare(1024), asio::as_tuple(asio::use_awaitable));
+        leave_idle(finished.id);
         if (ec) break;  // closed, idle too long, or stopping
         buffer.commit(n);
       }
-      if (!set_busy(id, true)) break;
       const TimePoint started = real_clock().now();
       http::request_parser<http::string_body> parser;
       parser.header_limit(static_cast<std::uint32_t>(config.max_header));
@@ -213,43 +228,31 @@ struct HttpServer::State : std::enable_shared_from_this<HttpServer::State> {
                                                         asio::as_tuple(asio::use_awaitable));
       (void)hn;
       if (hec) {
+        std::optional<Response> answer;
         if (hec == http::error::body_limit) {
-          // The declared length is over the limit: refused without reading it.
-          auto replying = reply_and_close(stream, parser.get().version(), error_response(413, "body_too_large",
-                                          "the body is larger than " + std::to_string(config.max_body) +
-                                              " bytes"));
-          co_await std::move(replying);
+          answer = too_large();  // a declared length over the limit: refused without reading it
         } else if (hec == http::error::header_limit) {
-          auto replying = reply_and_close(stream, 11, error_response(431, "header_too_large",
-                                          "request headers are larger than " +
-                                              std::to_string(config.max_header) + " bytes"));
-          co_await std::move(replying);
+          answer = error_response(431, "header_too_large",
+                                  "request headers are larger than " + std::to_string(config.max_header) +
+                                      " bytes");
         } else if (hec != beast::error::timeout && hec != http::error::end_of_stream &&
                    hec != asio::error::eof && hec != asio::error::connection_reset &&
                    hec != asio::error::operation_aborted) {
-          auto replying = reply_and_close(stream, 11, error_response(400, "bad_request",
-                                                                     "malformed request: " + hec.message()));
+          answer = error_response(400, "bad_request", "malformed request: " + hec.message());
+        }
+        if (answer) {
+          auto replying = reply_and_close(stream, 11, std::move(*answer));
           co_await std::move(replying);
         }
         break;
       }
       const unsigned version = parser.get().version();
-      if (const auto length = parser.content_length(); length && *length > config.max_body) {
-        // Refused without reading it.
-        auto replying = reply_and_close(stream, version, error_response(413, "body_too_large",
-                                        "the body is larger than " + std::to_string(config.max_body) +
-                                            " bytes"));
-        co_await std::move(replying);
-        break;
-      }
       stream.expires_after(kBodyTimeout);
       auto [bec, bn] = co_await http::async_read(stream, buffer, parser, asio::as_tuple(asio::use_awaitable));
       (void)bn;
       if (bec) {
-        if (bec == http::error::body_limit) {
-          auto replying = reply_and_close(stream, version, error_response(413, "body_too_large",
-                                          "the body is larger than " + std::to_string(config.max_body) +
-                                              " bytes"));
+        if (bec == http::error::body_limit) {  // a chunked body over the limit
+          auto replying = reply_and_close(stream, version, too_large());
           co_await std::move(replying);
         }
         break;
@@ -260,12 +263,12 @@ struct HttpServer::State : std::enable_shared_from_this<HttpServer::State> {
                       .target = std::string(req.target()),
                       .authorization = std::string(req[http::field::authorization]),
                       .body = std::move(req.body())};
-      const bool keep_alive = req.keep_alive();
       // The request runs until it answers or the client goes away (which
       // cancels it: a waiting acquire leaves its queue).
       auto handling = api.handle(std::move(request));
       auto watching = watch_gone(stream.socket());
-      auto outcome = co_await (std::move(handling) || std::move(watching));
+      auto racing = std::move(handling) || std::move(watching);
+      auto outcome = co_await std::move(racing);
       if (outcome.index() == 1) {
         log.write(runtime::LogLevel::kInfo, "request",
                   {{"method", std::string_view(req.method_string())},
@@ -275,14 +278,7 @@ struct HttpServer::State : std::enable_shared_from_this<HttpServer::State> {
         break;
       }
       Response r = std::get<0>(std::move(outcome));
-      http::response<http::string_body> res{static_cast<http::status>(r.status), version};
-      res.set(http::field::server, "poolkeeper");
-      res.set(http::field::content_type, r.content_type);
-      if (r.retry_after_seconds > 0) res.set(http::field::retry_after, std::to_string(r.retry_after_seconds));
-      const bool again = keep_alive && !stopping.load();
-      res.keep_alive(again);
-      res.body() = std::move(r.body);
-      res.prepare_payload();
+      const bool again = req.keep_alive() && !stopping.load();
       const std::string latency = std::to_string(
           std::chrono::duration_cast<std::chrono::microseconds>(real_clock().now() - started).count());
       log.write(runtime::LogLevel::kInfo, "request",
@@ -291,12 +287,11 @@ struct HttpServer::State : std::enable_shared_from_this<HttpServer::State> {
                  {"status", std::to_string(r.status)},
                  {"tenant", r.tenant},
                  {"latency_us", latency}});
+      auto res = http_response(std::move(r), version, again);
       auto sending = send(stream, res);
       const bool sent = co_await std::move(sending);
       if (!sent || !again) break;
-      if (!set_busy(id, false)) break;
     }
-    untrack(id);
     boost::system::error_code ignored;
     stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
     stream.socket().close(ignored);

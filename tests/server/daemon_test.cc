@@ -289,6 +289,13 @@ TEST_F(DaemonTest, SlowHeadersAreCutOff) {
   const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
   EXPECT_LE(n, 0) << "the daemon answered a request it never fully got";
   EXPECT_LT(real_now() - t0, Duration(15s)) << "not cut off";
+  // A connection that never sends a byte gets the same time, not idle_timeout.
+  HttpClient silent(port_);
+  const int sfd = silent.socket().native_handle();
+  ::setsockopt(sfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  const TimePoint t1 = real_now();
+  EXPECT_LE(::recv(sfd, buf, sizeof buf, 0), 0);
+  EXPECT_LT(real_now() - t1, Duration(15s)) << "a silent connection was kept";
 }
 
 // Verifies client sessions: a document stored, read back, isolated per

@@ -75,7 +75,9 @@ class DaemonProcess {
   }
 
   pid_t pid() const { return child_.pid; }
-  void signal(int sig) { ::kill(child_.pid, sig); }
+  void signal(int sig) {
+    if (child_.pid > 0) ::kill(child_.pid, sig);  // never kill(-1, ...)
+  }
 
   // The exit status once it has exited within `timeout` (-1: killed by a signal).
   // Once it has exited, every line it wrote has been read.
@@ -100,6 +102,7 @@ class DaemonProcess {
  private:
   bool exited() {
     if (exit_status_) return true;
+    if (child_.pid <= 0) return true;  // never started
     int status = 0;
     if (::waitpid(child_.pid, &status, WNOHANG) == child_.pid) {
       exit_status_ = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
