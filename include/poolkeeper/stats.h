@@ -75,6 +75,10 @@ struct PoolStats {
   std::array<int, kSessionStateCount> sessions_by_state{};
   int sessions = 0;
   int target = 0;            // the size the pool maintains (min, or the manual scale target)
+  int min = 0;               // the configured min
+  // Fewer usable (idle or leased) sessions than the pool must keep (its min,
+  // or a smaller scale target), while not draining; or emergency-stopped.
+  bool degraded = false;
   int queue_length = 0;
   bool paused = false;
   bool draining = false;

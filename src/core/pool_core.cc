@@ -1396,6 +1396,10 @@ PoolStats PoolCore::stats() const {
   st.paused = modes_.paused;
   st.draining = modes_.draining || modes_.shutdown;
   st.emergency_stopped = modes_.emergency;
+  st.min = config_.min;
+  const int usable = by_state_[static_cast<int>(SessionState::kIdle)] +
+                     by_state_[static_cast<int>(SessionState::kLeased)];
+  st.degraded = st.emergency_stopped || (!st.draining && usable < std::min(config_.min, target_));
   st.reuse_rate = st.acquisitions == 0 ? 0.0
                                        : static_cast<double>(st.reused) /
                                              static_cast<double>(st.acquisitions);

@@ -11,6 +11,21 @@
 #include "poolkeeper/clock.h"
 
 namespace poolkeeper::runtime {
+
+std::string utc_text(WallTime t) {
+  const auto ms = std::chrono::time_point_cast<std::chrono::milliseconds>(t);
+  const std::time_t secs = std::chrono::system_clock::to_time_t(
+      std::chrono::system_clock::time_point(std::chrono::duration_cast<std::chrono::seconds>(
+          ms.time_since_epoch())));
+  std::tm tm{};
+  ::gmtime_r(&secs, &tm);
+  char text[96];
+  std::snprintf(text, sizeof text, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                static_cast<int>(((ms.time_since_epoch().count() % 1000) + 1000) % 1000));
+  return text;
+}
+
 namespace {
 
 void append_escaped(std::string& out, std::string_view s) {
@@ -42,18 +57,8 @@ class StderrLog final : public Log {
   void write(LogLevel level, std::string_view message,
              std::initializer_list<LogField> fields) override {
     if (!enabled(level)) return;
-    const auto now = std::chrono::time_point_cast<std::chrono::milliseconds>(
-        real_clock().wall_now());
-    const std::time_t secs = std::chrono::system_clock::to_time_t(
-        std::chrono::system_clock::time_point(now.time_since_epoch()));
-    std::tm tm{};
-    ::gmtime_r(&secs, &tm);
-    char ts[96];
-    std::snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                  static_cast<int>(now.time_since_epoch().count() % 1000));
     std::string line = R"({"ts":")";
-    line += ts;
+    line += utc_text(real_clock().wall_now());
     line += R"(","level":")";
     line += kLevels[static_cast<int>(level)];
     line += R"(","msg":)";

@@ -11,8 +11,11 @@
 #pragma once
 
 #include <initializer_list>
+#include <string>
 #include <string_view>
 #include <utility>
+
+#include "poolkeeper/clock.h"
 
 namespace poolkeeper::runtime {
 
@@ -27,6 +30,9 @@ class Log {
                      std::initializer_list<LogField> fields) = 0;
   virtual bool enabled(LogLevel level) const { return level >= LogLevel::kInfo; }
 };
+
+// A wall-clock time as UTC text with milliseconds: "2026-11-23T17:52:33.304Z".
+std::string utc_text(WallTime t);
 
 // JSON lines on stderr, info and above.
 Log& stderr_log();

@@ -43,7 +43,7 @@ std::optional<std::string> percent_decode(std::string_view s) {
       continue;
     }
     if (i + 2 >= s.size()) return std::nullopt;
-    int v = 0;
+    unsigned v = 0;  // unsigned: "%-1" is not a byte
     const auto [end, ec] = std::from_chars(s.data() + i + 1, s.data() + i + 3, v, 16);
     if (ec != std::errc() || end != s.data() + i + 3) return std::nullopt;
     out += static_cast<char>(v);
@@ -147,24 +147,11 @@ struct Fields {
   }
 };
 
-std::string iso_time(WallTime t) {
-  const auto secs = std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch());
-  const std::time_t tt = static_cast<std::time_t>(secs.count());
-  std::tm tm{};
-  ::gmtime_r(&tt, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
-  const auto millis = ms(t.time_since_epoch() - secs);
-  char out[48];
-  std::snprintf(out, sizeof out, "%s.%03lldZ", buf, static_cast<long long>(millis));
-  return out;
-}
-
 // A monotonic time point as wall-clock text (null when never).
 json::value wall_json(TimePoint t) {
   if (t == TimePoint::max()) return nullptr;
   const TimePoint now = real_clock().now();
-  return json::value(iso_time(real_clock().wall_now() + (t - now)));
+  return json::value(runtime::utc_text(real_clock().wall_now() + (t - now)));
 }
 
 std::string lease_text(std::string_view pool, LeaseId lease) {
@@ -238,20 +225,13 @@ json::object stats_json(const PoolStats& st) {
   return o;
 }
 
-int usable(const PoolStats& st) {
-  return st.sessions_by_state[static_cast<int>(SessionState::kIdle)] +
-         st.sessions_by_state[static_cast<int>(SessionState::kLeased)];
-}
-
-// The worker's answer: its result, or its error object.
-json::value reply_json(const runtime::ExecuteReply& r) {
-  json::error_code ec;
-  json::value v = json::parse(r.json, ec);
-  if (ec) v = json::value(r.json);
-  json::object o;
-  o["ok"] = r.ok;
-  o[r.ok ? "result" : "error"] = std::move(v);
-  return o;
+// The worker's answer (compact JSON from the driver) in the response body,
+// as it is: no second parse.
+Response reply_response(const runtime::ExecuteReply& r) {
+  std::string body = r.ok ? R"({"ok":true,"result":)" : R"({"ok":false,"error":)";
+  body += r.json.empty() ? std::string("null") : r.json;
+  body += "}\n";
+  return Response{.status = 200, .body = std::move(body)};
 }
 
 }  // namespace
@@ -339,9 +319,6 @@ Api::Api(const DaemonConfig& config, std::vector<std::shared_ptr<runtime::PoolRu
   for (auto& r : runners) {
     Pool p;
     p.autoscale = std::make_unique<std::atomic<bool>>(false);
-    for (const PoolEntry& e : config.pools) {
-      if (e.pool.name == r->name()) p.min = e.pool.min;
-    }
     p.runner = std::move(r);
     const std::string name = p.runner->name();
     pools_.emplace(name, std::move(p));
@@ -392,8 +369,9 @@ asio::awaitable<Response> Api::handle(Request request) {
     Response r = co_await std::move(routing);
     r.tenant = who.tenant;
     co_return r;
-  } catch (const std::exception& e) {
-    co_return error_response(500, "internal", std::string("unexpected error: ") + e.what());
+  } catch (...) {
+    // What was thrown is never sent: it may name internals.
+    co_return error_response(500, "internal", "unexpected error");
   }
 }
 
@@ -441,8 +419,7 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
     for (auto& [name, pool] : pools_) {
       auto snapshotting = pool.runner->snapshot(asio::use_awaitable);
       PoolSnapshot s = co_await std::move(snapshotting);
-      // Below the size it should keep (min, or a manual scale target).
-      const bool low = usable(s.stats) < std::min(pool.min, s.stats.target) || s.stats.emergency_stopped;
+      const bool low = s.stats.degraded;  // the core's rule
       degraded = degraded || low;
       pools.push_back(json::object{
           {"name", name},
@@ -451,7 +428,7 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
           {"idle", s.stats.sessions_by_state[static_cast<int>(SessionState::kIdle)]},
           {"leased", s.stats.sessions_by_state[static_cast<int>(SessionState::kLeased)]},
           {"starting", s.stats.sessions_by_state[static_cast<int>(SessionState::kStarting)]},
-          {"min", pool.min},
+          {"min", s.stats.min},
           {"queue_length", s.stats.queue_length},
           {"client_sessions_active", s.stats.client_sessions_active}});
     }
@@ -606,7 +583,7 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
       if (auto r = refuse_when_stopping()) co_return *r;
       auto priority = f.integer("priority", kNormalPriority, kLowestPriority, kCriticalPriority);
       if (!priority) co_return priority.error();
-      auto timeout = f.integer("timeout_ms", 30000, 0, kMaxTimeoutMs);
+      auto timeout = f.integer("timeout_ms", ms(runtime::AcquireArgs{}.timeout), 0, kMaxTimeoutMs);
       if (!timeout) co_return timeout.error();
       auto lease_timeout = f.integer("lease_timeout_ms", 0, 0, kMaxTimeoutMs);
       if (!lease_timeout) co_return lease_timeout.error();
@@ -635,7 +612,7 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
       if (auto r = refuse_when_stopping()) co_return *r;
       auto priority = f.integer("priority", kNormalPriority, kLowestPriority, kCriticalPriority);
       if (!priority) co_return priority.error();
-      auto timeout = f.integer("timeout_ms", 30000, 0, kMaxTimeoutMs);
+      auto timeout = f.integer("timeout_ms", ms(runtime::AcquireArgs{}.timeout), 0, kMaxTimeoutMs);
       if (!timeout) co_return timeout.error();
       auto execute_timeout = f.integer("execute_timeout_ms", 0, 0, kMaxTimeoutMs);
       if (!execute_timeout) co_return execute_timeout.error();
@@ -652,7 +629,7 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
       auto running = runner.run(std::move(args), std::move(request), asio::use_awaitable);
       auto reply = co_await std::move(running);
       if (!reply) co_return error_response(reply.error());
-      co_return json_response(200, reply_json(*reply));
+      co_return reply_response(*reply);
     }
 
     if (action == "reservations") {
@@ -749,7 +726,7 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
     auto executing = pool->runner->execute(id->second, owner, std::move(request), asio::use_awaitable);
     auto reply = co_await std::move(executing);
     if (!reply) co_return error_response(reply.error());
-    co_return json_response(200, reply_json(*reply));
+    co_return reply_response(*reply);
   }
 
   // /v1/reservations[/{id}]

@@ -18,8 +18,9 @@
 // construction, except for the autoscale flags, which are atomic.
 //
 //   Api api(config, runners);
-//   Response r = co_await api.handle({.method = "GET", .target = "/v1/pools",
-//                                     .authorization = "Bearer ..."});
+//   Request request{.method = "GET", .target = "/v1/pools", .authorization = "Bearer ..."};
+//   auto handling = api.handle(std::move(request));  // made first: g++ 12 and temporaries
+//   Response r = co_await std::move(handling);
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
@@ -68,7 +69,6 @@ class Api {
   struct Pool {
     std::shared_ptr<runtime::PoolRunner> runner;
     std::unique_ptr<std::atomic<bool>> autoscale;
-    int min = 0;
   };
   struct Caller {
     std::string tenant;  // empty with auth = "none"

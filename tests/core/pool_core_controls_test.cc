@@ -14,6 +14,30 @@ using ::testing::HasSubstr;
 
 class PoolCoreTest : public CoreHarnessTest {};
 
+// ---------------------------------------------------------------- health of the pool
+
+// Verifies when stats() calls a pool degraded: below min while sessions
+// start or after one died, not while draining, not when scaled below min,
+// and always when emergency-stopped.
+TEST_F(PoolCoreTest, StatsSayWhenThePoolIsDegraded) {
+  CoreHarness& h = make(quiet_config(2, 4));
+  h.start();
+  EXPECT_TRUE(h.stats().degraded) << "nothing usable yet";
+  EXPECT_EQ(h.stats().min, 2);
+  h.settle();
+  EXPECT_FALSE(h.stats().degraded);
+  const SessionId s = h.actions_of(ActionType::kStartSession)[0].session;
+  h.exited(s, "killed");
+  EXPECT_TRUE(h.stats().degraded) << "one of two died";
+  h.settle();
+  EXPECT_FALSE(h.stats().degraded) << "replaced";
+  ASSERT_TRUE(h.scale(0).has_value());
+  h.settle();
+  EXPECT_FALSE(h.stats().degraded) << "scaled to 0 on purpose";
+  h.emergency_stop();
+  EXPECT_TRUE(h.stats().degraded);
+}
+
 // ---------------------------------------------------------------- reservations
 
 // Verifies that a reserved session is leased only by its owner and returns to the
