@@ -1,5 +1,7 @@
 #include "server/config.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 #include <toml++/toml.h>
@@ -12,6 +14,7 @@
 #include <functional>
 #include <limits>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <utility>
 
@@ -112,7 +115,9 @@ Check boolean(bool& out) {
   };
 }
 
-Check real(double& out, double min, double max) {
+// A number; its range is the validator's (core or driver) unless given.
+Check real(double& out, double min = -std::numeric_limits<double>::infinity(),
+           double max = std::numeric_limits<double>::infinity()) {
   return [&out, min, max](const toml::node& n) -> std::optional<std::string> {
     std::optional<double> v = n.value_exact<double>();
     if (!v) {
@@ -228,10 +233,10 @@ std::vector<Field> pool_fields(PoolEntry& e) {
       {"idle_timeout", duration(p.idle_timeout)},
       {"lease_timeout", duration(p.lease_timeout)},
       {"max_lifetime", duration(p.max_lifetime)},
-      {"lifetime_jitter", real(p.lifetime_jitter, 0, 1)},
+      {"lifetime_jitter", real(p.lifetime_jitter)},
       {"max_uses", integer64(p.max_uses, 0)},
       {"max_memory", size(p.max_memory)},
-      {"max_cpu_percent", real(p.max_cpu_percent, 0, 1e6)},
+      {"max_cpu_percent", real(p.max_cpu_percent)},
       {"cpu_percent_samples", integer(p.cpu_percent_samples, 1)},
       {"max_cpu_time", duration(p.max_cpu_time)},
       // health
@@ -306,6 +311,19 @@ const std::vector<std::string>& section_keys(std::string_view section) {
 
 // ---------------------------------------------------------------------------
 // loading
+
+// Pool and tenant names go into URLs, lease ids ("NAME.ID") and variable
+// names: 1 to 64 letters, digits, '_' or '-'.
+bool valid_name(std::string_view name) {
+  return !name.empty() && name.size() <= 64 &&
+         std::all_of(name.begin(), name.end(),
+                     [](unsigned char c) { return std::isalnum(c) || c == '_' || c == '-'; });
+}
+
+// Keys whose value is text: an environment value for them is never read as
+// a number, a boolean or a date.
+const std::set<std::string, std::less<>> kStringKeys = {
+    "listen", "auth", "path", "level", "driver", "working_dir", "start", "token_sha256", "token_env"};
 
 std::string upper_name(std::string_view s) {
   std::string out;
@@ -384,6 +402,21 @@ class Loader {
     return {};
   }
 
+  // Two names that make the same variable name (POOLKEEPER_POOL_<NAME>_...)
+  // would make an override ambiguous.
+  std::optional<std::string> same_variable_names(const toml::table& group, const std::string& kind) const {
+    std::map<std::string, std::string> seen;
+    for (const auto& [key, node] : group) {
+      const std::string name(key.str());
+      auto [it, fresh] = seen.emplace(upper_name(name), name);
+      if (!fresh) {
+        return where(kind + "." + name, &node) + "differs from " + kind + "." + it->second +
+               " only in case or '-' against '_' (their environment variables would be the same)";
+      }
+    }
+    return std::nullopt;
+  }
+
   // An error from a validator ("max: must be ...") placed at its key.
   std::unexpected<Error> misplaced(const toml::table& table, const std::string& path,
                                    const std::string& message) {
@@ -430,9 +463,13 @@ class Loader {
                   "\"none\" is for local development only: listen on a loopback address "
                   "(127.0.0.1, ::1 or localhost), not \"" + host + "\"");
     }
-    if (config.server.max_body < 1024) return fail(where("server.max_body", at) + "must be at least 1KiB");
+    if (config.server.max_body < 1024) {
+      return fail(where("server.max_body", t != nullptr ? t->get("max_body") : nullptr) +
+                  "must be at least 1KiB");
+    }
     if (config.server.max_header < 1024) {
-      return fail(where("server.max_header", at) + "must be at least 1KiB");
+      return fail(where("server.max_header", t != nullptr ? t->get("max_header") : nullptr) +
+                  "must be at least 1KiB");
     }
     return {};
   }
@@ -467,13 +504,11 @@ class Loader {
     if (pools == nullptr || pools->empty()) {
       return fail(source_ + ": pools: at least one pool is needed ([pools.NAME] with a command)");
     }
+    if (auto bad_names = same_variable_names(*pools, "pools")) return fail(*bad_names);
     for (const auto& [key, node] : *pools) {
       const std::string name(key.str());
       const std::string path = "pools." + name;
-      if (name.empty() || name.size() > 64 ||
-          !std::all_of(name.begin(), name.end(), [](unsigned char c) {
-            return std::isalnum(c) || c == '_' || c == '-';
-          })) {
+      if (!valid_name(name)) {
         return fail(where(path, &node) + "a pool name is 1 to 64 letters, digits, '_' or '-'");
       }
       const toml::table* t = node.as_table();
@@ -505,13 +540,11 @@ class Loader {
     const toml::table* tenants = section(root, "tenants", bad);
     if (bad) return std::unexpected(*bad);
     if (tenants != nullptr) {
+      if (auto bad_names = same_variable_names(*tenants, "tenants")) return fail(*bad_names);
       for (const auto& [key, node] : *tenants) {
         const std::string name(key.str());
         const std::string path = "tenants." + name;
-        if (name.empty() || name.size() > 64 ||
-            !std::all_of(name.begin(), name.end(), [](unsigned char c) {
-              return std::isalnum(c) || c == '_' || c == '-';
-            })) {
+        if (!valid_name(name)) {
           return fail(where(path, &node) + "a tenant name is 1 to 64 letters, digits, '_' or '-'");
         }
         const toml::table* t = node.as_table();
@@ -590,7 +623,8 @@ class Loader {
       std::int64_t v = 0;
       const std::string& text = it->second;
       const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-      if (ec != std::errc() || end != text.data() + text.size() || v < 0) {
+      if (ec != std::errc() || end != text.data() + text.size() || v < 0 ||
+          v > std::numeric_limits<std::int64_t>::max() / 1048576) {
         return fail("environment variable " + std::string(a.variable) +
                     ": must be a whole number, got \"" + text + "\"");
       }
@@ -611,53 +645,75 @@ class Loader {
     for (const auto& [variable, value] : env_) {
       if (!variable.starts_with("POOLKEEPER_")) continue;
       const std::string rest = variable.substr(11);
-      std::string section_name, key_upper, path, schema;
+      std::string key, path;
       toml::table* target = nullptr;
-      auto named = [&](const char* prefix, const char* table_name, const char* kind) -> bool {
-        if (!rest.starts_with(prefix)) return false;
-        const std::string tail = rest.substr(std::string_view(prefix).size());
+      // POOLKEEPER_POOL_<NAME>_<KEY>: every split of the rest into a name in
+      // the file and a known key is tried; exactly one must fit.
+      auto named = [&](std::string_view prefix, const char* table_name,
+                       const char* kind) -> std::optional<std::string> {
+        const std::string tail = rest.substr(prefix.size());
         toml::table* group = root[table_name].as_table();
-        std::size_t best = 0;
+        int fits = 0;
+        std::string near, near_key;  // the longest name that matched, for the message
+        std::size_t near_length = 0;
         if (group != nullptr) {
           for (auto& [name, node] : *group) {
             const std::string up = upper_name(name.str()) + "_";
-            if (tail.starts_with(up) && up.size() > best && node.is_table()) {
-              best = up.size();
+            if (!tail.starts_with(up) || !node.is_table()) continue;
+            if (up.size() > near_length) {
+              near_length = up.size();
+              near = std::string(table_name) + "." + std::string(name.str());
+              near_key = tail.substr(up.size());
+            }
+            for (const std::string& k : section_keys(kind)) {
+              if (upper_name(k) != tail.substr(up.size())) continue;
+              ++fits;
               target = node.as_table();
-              key_upper = tail.substr(up.size());
+              key = k;
               path = std::string(table_name) + "." + std::string(name.str());
             }
           }
         }
-        schema = kind;
-        return true;
+        if (fits == 1) return std::nullopt;
+        if (fits > 1) return "matches more than one " + std::string(kind) + " and key";
+        if (!near.empty()) return near + " has no key " + near_key;
+        return "names no " + std::string(kind) + " in the configuration";
       };
-      if (named("POOL_", "pools", "pool") || named("TENANT_", "tenants", "tenant")) {
-        if (target == nullptr) {
-          return fail("environment variable " + variable + ": names no " + schema +
-                      " in the configuration");
-        }
+      std::optional<std::string> problem;
+      if (rest.starts_with("POOL_")) {
+        problem = named("POOL_", "pools", "pool");
+      } else if (rest.starts_with("TENANT_")) {
+        problem = named("TENANT_", "tenants", "tenant");
       } else if (rest.starts_with("SERVER_") || rest.starts_with("STORE_") || rest.starts_with("LOG_")) {
-        section_name = rest.substr(0, rest.find('_'));
+        std::string section_name = rest.substr(0, rest.find('_'));
         for (char& c : section_name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-        key_upper = rest.substr(rest.find('_') + 1);
+        const std::string key_upper = rest.substr(rest.find('_') + 1);
         if (!root.contains(section_name)) root.insert(section_name, toml::table{});
         target = root[section_name].as_table();
         if (target == nullptr) return fail("environment variable " + variable + ": [" + section_name + "] is not a table");
         path = section_name;
-        schema = section_name;
+        const auto& keys = section_keys(section_name);
+        auto k = std::find_if(keys.begin(), keys.end(),
+                              [&](const std::string& x) { return upper_name(x) == key_upper; });
+        if (k == keys.end()) {
+          problem = path + " has no key " + key_upper;
+        } else {
+          key = *k;
+        }
+      } else if (rest == "URL" || rest == "TOKEN") {
+        continue;  // the CLI's
       } else {
-        continue;  // POOLKEEPER_URL, POOLKEEPER_TOKEN: the CLI's
+        problem = "no such setting (POOLKEEPER_SERVER_*, _STORE_*, _LOG_*, _POOL_<NAME>_*, _TENANT_<NAME>_*)";
       }
-      const auto& keys = section_keys(schema);
-      auto key = std::find_if(keys.begin(), keys.end(),
-                              [&](const std::string& k) { return upper_name(k) == key_upper; });
-      if (key == keys.end()) {
-        return fail("environment variable " + variable + ": " + path + " has no key " + key_upper);
+      if (problem) return fail("environment variable " + variable + ": " + *problem);
+      if (kStringKeys.contains(key)) {
+        target->insert_or_assign(key, value);  // as written: "123" or "true" is still text here
+        overridden_[path + "." + key] = variable;
+        continue;
       }
       const toml::table holder = env_value(value);
-      holder.get("v")->visit([&](const auto& v) { target->insert_or_assign(*key, v); });
-      overridden_[path + "." + *key] = variable;
+      holder.get("v")->visit([&](const auto& v) { target->insert_or_assign(key, v); });
+      overridden_[path + "." + key] = variable;
     }
     return {};
   }
@@ -710,12 +766,16 @@ std::expected<Duration, std::string> parse_duration(std::string_view text) {
   std::int64_t n = 0;
   std::from_chars(text.data(), text.data() + digits, n);
   const std::string_view unit = text.substr(digits);
-  using namespace std::chrono;
-  if (unit == "ms") return duration_cast<Duration>(milliseconds(n));
-  if (unit == "s") return duration_cast<Duration>(seconds(n));
-  if (unit == "m") return duration_cast<Duration>(minutes(n));
-  if (unit == "h") return duration_cast<Duration>(hours(n));
-  if (unit == "d") return duration_cast<Duration>(hours(24 * n));
+  const std::pair<std::string_view, std::int64_t> units[] = {
+      {"ms", 1'000'000}, {"s", 1'000'000'000}, {"m", 60'000'000'000}, {"h", 3'600'000'000'000},
+      {"d", 86'400'000'000'000}};
+  for (const auto& [name, ns] : units) {
+    if (unit != name) continue;
+    if (n > std::numeric_limits<std::int64_t>::max() / ns) {
+      return std::unexpected("\"" + std::string(text) + "\" is too long a duration");
+    }
+    return Duration(n * ns);
+  }
   return std::unexpected(bad);
 }
 
@@ -733,13 +793,24 @@ std::expected<std::int64_t, std::string> parse_size(std::string_view text) {
       {"", 1},          {"B", 1},         {"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30},
       {"KB", 1000},     {"MB", 1000000},  {"GB", 1000000000}};
   for (const auto& [name, factor] : units) {
-    if (unit == name) return n * factor;
+    if (unit != name) continue;
+    if (n > std::numeric_limits<std::int64_t>::max() / factor) {
+      return std::unexpected("\"" + std::string(text) + "\" is too large a size");
+    }
+    return n * factor;
   }
   return std::unexpected(bad);
 }
 
 bool is_loopback(std::string_view host) {
-  return host == "localhost" || host == "::1" || host.starts_with("127.");
+  if (host == "localhost") return true;
+  std::string h(host);
+  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
+  in6_addr a6{};
+  if (::inet_pton(AF_INET6, h.c_str(), &a6) == 1) return IN6_IS_ADDR_LOOPBACK(&a6);
+  in_addr a4{};
+  if (::inet_pton(AF_INET, h.c_str(), &a4) == 1) return (ntohl(a4.s_addr) >> 24) == 127;
+  return false;  // another name: it may resolve anywhere
 }
 
 }  // namespace poolkeeper::server

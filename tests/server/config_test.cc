@@ -139,6 +139,12 @@ TEST(ConfigTest, NoAuthOnlyOnLoopback) {
             std::string::npos);
   EXPECT_TRUE(parse("[server]\nlisten = \"[::1]:8470\"\nauth = \"none\"\n[pools.py]\ncommand = [\"x\"]\n")
                   .has_value());
+  EXPECT_NE(refusal("[server]\nlisten = \"127.evil.example:1\"\nauth = \"none\"\n[pools.py]\ncommand = [\"x\"]\n")
+                .find("local development only"),
+            std::string::npos);
+  EXPECT_TRUE(is_loopback("127.0.0.2"));
+  EXPECT_FALSE(is_loopback("10.0.0.1"));
+  EXPECT_FALSE(is_loopback("::2"));
   EXPECT_TRUE(parse("[server]\nlisten = \"localhost:1\"\nauth = \"none\"\n[pools.py]\ncommand = [\"x\"]\n")
                   .has_value());
   EXPECT_NE(refusal("[pools.py]\ncommand = [\"x\"]\n").find("needs at least one [tenants.NAME]"),
@@ -214,6 +220,16 @@ TEST(ConfigTest, EnvironmentOverridesKeys) {
             "environment variable POOLKEEPER_POOL_PY_MXA: pools.py has no key MXA");
   EXPECT_EQ(refusal(kMinimal, {{"POOLKEEPER_POOL_NOPE_MAX", "3"}}),
             "environment variable POOLKEEPER_POOL_NOPE_MAX: names no pool in the configuration");
+  EXPECT_NE(refusal(kMinimal, {{"POOLKEEPER_SERVR_LISTEN", "x"}}).find("POOLKEEPER_SERVR_LISTEN: no such setting"),
+            std::string::npos);
+  // A name that is a prefix of another: the split that names a key wins.
+  auto two = parse(std::string(kMinimal) + "[pools.py_min]\ncommand = [\"y\"]\n",
+                   {{"POOLKEEPER_POOL_PY_MIN_IDLE", "1"}, {"POOLKEEPER_POOL_PY_WORKING_DIR", "123"}});
+  ASSERT_TRUE(two.has_value()) << two.error().message;
+  EXPECT_EQ(two->pools[0].pool.min_idle, 1);                      // "py" (name order)
+  EXPECT_EQ(two->pools[0].process.working_dir, "/etc/pk/123");  // text, not a number
+  EXPECT_NE(refusal(std::string(kMinimal) + "[pools.PY]\ncommand = [\"y\"]\n").find("only in case"),
+            std::string::npos);
   EXPECT_EQ(refusal(kMinimal, {{"POOLKEEPER_POOL_PY_MAX", "0"}}),
             "environment variable POOLKEEPER_POOL_PY_MAX (pools.py.max): must be between 1 and "
             "2147483647, got 0");
@@ -252,6 +268,8 @@ TEST(ConfigTest, ParsesDurationsAndSizes) {
   EXPECT_FALSE(parse_duration("-5s").has_value());
   EXPECT_FALSE(parse_duration("1.5s").has_value());
   EXPECT_FALSE(parse_duration("99999999999999s").has_value());
+  EXPECT_FALSE(parse_duration("999999999999d").has_value());  // would overflow
+  EXPECT_FALSE(parse_size("999999999999999GiB").has_value());
   EXPECT_EQ(parse_size("4096"), 4096);
   EXPECT_EQ(parse_size("16MiB"), 16 << 20);
   EXPECT_EQ(parse_size("2GB"), 2000000000);
