@@ -33,8 +33,10 @@ struct HttpClient::Impl {
     return {};
   }
 
+  // One attempt; `retry` says whether sending it again is safe.
   std::expected<HttpReply, std::string> once(const std::string& method, const std::string& target,
-                                             const std::string& body) {
+                                             const std::string& body, bool& retry) {
+    retry = false;
     if (!socket.is_open()) {
       if (auto ok = connect(); !ok) return std::unexpected(ok.error());
     }
@@ -50,18 +52,22 @@ struct HttpClient::Impl {
     http::write(socket, req, ec);
     if (ec) {
       socket.close(ec);
+      retry = true;  // not sent: nothing was handled
       return std::unexpected("the connection failed: " + ec.message());
     }
     http::response_parser<http::string_body> parser;
     parser.body_limit(64u << 20);
     http::read(socket, buffer, parser, ec);
     if (ec) {
+      retry = method == "GET" && !parser.got_some();
       socket.close(ec);
       return std::unexpected("the connection failed: " + ec.message());
     }
     auto res = parser.release();
     if (!res.keep_alive()) socket.close(ec);
-    return HttpReply{.status = static_cast<int>(res.result_int()), .body = std::move(res.body())};
+    HttpReply reply{.status = static_cast<int>(res.result_int()), .body = std::move(res.body()), .headers = {}};
+    for (const auto& f : res) reply.headers[std::string(f.name_string())] = std::string(f.value());
+    return reply;
   }
 };
 
@@ -89,13 +95,17 @@ std::expected<HttpReply, std::string> HttpClient::call(const std::string& method
                                                        const std::string& target,
                                                        const std::string& body) {
   const bool reused = impl_->socket.is_open();
-  auto r = impl_->once(method, target, body);
-  // A kept-alive connection the daemon closed meanwhile: once more, on a new
-  // one, for requests that cannot have been half done.
-  if (!r && reused && (method == "GET" || method == "PUT" || method == "DELETE")) {
-    r = impl_->once(method, target, body);
-  }
+  bool retry = false;
+  auto r = impl_->once(method, target, body, retry);
+  if (!r && reused && retry) r = impl_->once(method, target, body, retry);
   return r;
+}
+
+void HttpClient::set_token(std::string token) { impl_->token = std::move(token); }
+
+void HttpClient::close() {
+  boost::system::error_code ec;
+  impl_->socket.close(ec);
 }
 
 }  // namespace poolkeeper::cli

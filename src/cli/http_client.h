@@ -1,5 +1,10 @@
-// HttpClient: the CLI's blocking HTTP/1.1 client for the daemon's API (one
-// keep-alive connection; http:// only). Beast stays inside http_client.cc.
+// HttpClient: a blocking HTTP/1.1 client for the daemon's API (one
+// keep-alive connection; http:// only), used by the CLI and the tests.
+// Beast stays inside http_client.cc.
+//
+// A request on a kept-alive connection that the daemon closed meanwhile is
+// sent again on a new connection only when it cannot have been handled: its
+// write failed, or it is a GET and no byte of an answer came.
 //
 // Thread-safety: one thread at a time.
 //
@@ -9,6 +14,7 @@
 #pragma once
 
 #include <expected>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -17,17 +23,20 @@ namespace poolkeeper::cli {
 struct HttpReply {
   int status = 0;
   std::string body;
+  std::map<std::string, std::string> headers;  // as the daemon spelled them
 };
 
 class HttpClient {
  public:
   // `url` is "http://HOST:PORT"; an empty token sends no Authorization.
-  HttpClient(std::string url, std::string token);
+  HttpClient(std::string url, std::string token = {});
   ~HttpClient();
 
   // The daemon's answer, or why it could not be reached.
   std::expected<HttpReply, std::string> call(const std::string& method, const std::string& target,
                                              const std::string& body = {});
+  void set_token(std::string token);
+  void close();
 
  private:
   struct Impl;

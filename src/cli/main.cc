@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <iomanip>
 #include <iostream>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -38,6 +39,7 @@ using namespace poolkeeper;
 struct Globals {
   std::string url;
   bool json = false;
+  std::unique_ptr<cli::HttpClient> client;  // one kept-alive connection per run
 };
 
 std::string env_or(const char* name, std::string fallback) {
@@ -63,15 +65,14 @@ std::string quote_path(std::string_view s) {
 // Calls the API; prints the error and returns nullopt when it fails.
 std::optional<json::value> call(const Globals& g, const std::string& method, const std::string& target,
                                 const std::string& body = {}) {
-  cli::HttpClient client(g.url, env_or("POOLKEEPER_TOKEN", ""));
-  auto r = client.call(method, target, body);
+  auto r = g.client->call(method, target, body);
   if (!r) {
     std::cerr << "poolkeeper: " << r.error() << "\n";
     return std::nullopt;
   }
   json::error_code ec;
   json::value v = json::parse(r->body, ec);
-  if (r->status >= 400 || (r->status >= 300 && r->status != 503)) {
+  if (r->status >= 300) {
     if (!ec && v.is_object() && v.as_object().contains("error")) {
       const auto& e = v.at("error");
       std::cerr << "poolkeeper: " << json::value_to<std::string>(e.at("code")) << ": "
@@ -242,9 +243,7 @@ int print_or_fail(const Globals& g, const std::optional<json::value>& v, const s
   return 0;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   CLI::App app{"poolkeeper: pools of warm sessions, served over HTTP"};
   app.require_subcommand(1);
   Globals g;
@@ -306,6 +305,7 @@ int main(int argc, char** argv) {
   auto* eresume_cmd = app.add_subcommand("emergency-resume", "End the emergency stop (admin)");
 
   CLI11_PARSE(app, argc, argv);
+  g.client = std::make_unique<cli::HttpClient>(g.url, env_or("POOLKEEPER_TOKEN", ""));
 
   if (*serve_cmd) return serve(config_path);
   if (*check_cmd) return check_config(config_path);
@@ -386,4 +386,15 @@ int main(int argc, char** argv) {
                                     : "emergency stop ended");
   }
   return 2;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    // The daemon answered something unexpected (a field missing or mistyped).
+    std::cerr << "poolkeeper: unexpected answer: " << e.what() << "\n";
+    return 1;
+  }
 }

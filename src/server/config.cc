@@ -700,10 +700,10 @@ class Loader {
         } else {
           key = *k;
         }
-      } else if (rest == "URL" || rest == "TOKEN") {
-        continue;  // the CLI's
       } else {
-        problem = "no such setting (POOLKEEPER_SERVER_*, _STORE_*, _LOG_*, _POOL_<NAME>_*, _TENANT_<NAME>_*)";
+        // Not a setting: the CLI's POOLKEEPER_URL and _TOKEN, tokens named by
+        // token_env, the user's own.
+        continue;
       }
       if (problem) return fail("environment variable " + variable + ": " + *problem);
       if (kStringKeys.contains(key)) {

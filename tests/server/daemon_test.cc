@@ -258,13 +258,12 @@ TEST_F(DaemonTest, ClientGoingAwayCancelsItsWait) {
   const std::string held = lease(c, "tiny", kAlice);
   ASSERT_FALSE(held.empty());
   {
-    HttpClient waiter(port_);
+    RawConnection waiter(port_);
     const std::string body = R"({"timeout_ms": 60000})";
     const std::string raw = "POST /v1/pools/tiny/leases HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
                             kAlice + "\r\nContent-Length: " + std::to_string(body.size()) +
                             "\r\n\r\n" + body;
-    ASSERT_EQ(::send(waiter.socket().native_handle(), raw.data(), raw.size(), MSG_NOSIGNAL),
-              static_cast<ssize_t>(raw.size()));
+    ASSERT_TRUE(waiter.send_all(raw));
     ASSERT_TRUE(wait_until([&] { return queue_length(c, "tiny") == 1; }));
   }  // the waiter's connection closes here
   EXPECT_TRUE(wait_until([&] { return queue_length(c, "tiny") == 0; }));
@@ -278,20 +277,20 @@ TEST_F(DaemonTest, ClientGoingAwayCancelsItsWait) {
 // Verifies that a client that never finishes its headers is disconnected
 // after header_timeout.
 TEST_F(DaemonTest, SlowHeadersAreCutOff) {
-  HttpClient slow(port_);
-  const int fd = slow.socket().native_handle();
+  RawConnection slow(port_);
+  const int fd = slow.fd();
   timeval tv{.tv_sec = 20, .tv_usec = 0};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   const std::string partial = "GET /v1/pools HTTP/1.1\r\nHost: x\r\n";
-  ASSERT_EQ(::send(fd, partial.data(), partial.size(), MSG_NOSIGNAL), static_cast<ssize_t>(partial.size()));
+  ASSERT_TRUE(slow.send_all(partial));
   char buf[256];
   const TimePoint t0 = real_now();
   const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
   EXPECT_LE(n, 0) << "the daemon answered a request it never fully got";
   EXPECT_LT(real_now() - t0, Duration(15s)) << "not cut off";
   // A connection that never sends a byte gets the same time, not idle_timeout.
-  HttpClient silent(port_);
-  const int sfd = silent.socket().native_handle();
+  RawConnection silent(port_);
+  const int sfd = silent.fd();
   ::setsockopt(sfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   const TimePoint t1 = real_now();
   EXPECT_LE(::recv(sfd, buf, sizeof buf, 0), 0);

@@ -1,5 +1,6 @@
-// A blocking HTTP/1.1 client for end-to-end tests of the daemon (Beast,
-// keep-alive), and raw sockets for tests that misbehave on purpose.
+// HTTP for end-to-end tests of the daemon: the CLI's client (keep-alive,
+// one token per request) with JSON helpers, and a raw connection for tests
+// that misbehave on purpose.
 //
 // Thread-safety: one client per thread.
 //
@@ -7,24 +8,23 @@
 //   HttpResult r = c.request("POST", "/v1/pools/py/leases", R"({"timeout_ms":100})", token);
 #pragma once
 
-#include <signal.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
-#include <boost/asio/connect.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
 #include <boost/json.hpp>
 
 #include <cstdint>
 #include <map>
-#include <optional>
 #include <string>
+
+#include "cli/http_client.h"
 
 namespace poolkeeper::testing {
 
 struct HttpResult {
-  int status = 0;  // 0: no answer (the connection closed)
+  int status = 0;  // 0: no answer (the connection failed)
   std::string body;
   std::map<std::string, std::string> headers;
 
@@ -43,66 +43,47 @@ struct HttpResult {
 
 class HttpClient {
  public:
-  explicit HttpClient(std::uint16_t port) : port_(port), socket_(io_) {
-    // A daemon that closes a connection must fail a write, not kill the test.
-    ::signal(SIGPIPE, SIG_IGN);
-  }
+  explicit HttpClient(std::uint16_t port) : client_("http://127.0.0.1:" + std::to_string(port)) {}
 
   HttpResult request(const std::string& method, const std::string& target,
                      const std::string& body = {}, const std::string& token = {}) {
-    namespace http = boost::beast::http;
-    if (!socket_.is_open() && !connect()) return {};
-    http::request<http::string_body> req{http::string_to_verb(method), target, 11};
-    req.set(http::field::host, "127.0.0.1");
-    if (!token.empty()) req.set(http::field::authorization, "Bearer " + token);
-    if (!body.empty()) req.set(http::field::content_type, "application/json");
-    req.body() = body;
-    req.prepare_payload();
-    req.keep_alive(true);
-    boost::system::error_code ec;
-    http::write(socket_, req, ec);
-    HttpResult r;
-    if (ec) {
-      socket_.close(ec);
-      return r;
-    }
-    http::response_parser<http::string_body> parser;
-    parser.body_limit(64u << 20);
-    http::read(socket_, buffer_, parser, ec);
-    if (ec) {
-      socket_.close(ec);
-      return r;
-    }
-    auto res = parser.release();
-    r.status = static_cast<int>(res.result_int());
-    r.body = res.body();
-    for (const auto& f : res) r.headers[std::string(f.name_string())] = std::string(f.value());
-    if (!res.keep_alive()) socket_.close(ec);
-    return r;
-  }
-
-  boost::asio::ip::tcp::socket& socket() {
-    if (!socket_.is_open()) connect();
-    return socket_;
-  }
-  void close() {
-    boost::system::error_code ec;
-    socket_.close(ec);
+    client_.set_token(token);
+    auto r = client_.call(method, target, body);
+    if (!r) return {};
+    return HttpResult{.status = r->status, .body = std::move(r->body), .headers = std::move(r->headers)};
   }
 
  private:
-  bool connect() {
-    boost::system::error_code ec;
-    socket_.connect({boost::asio::ip::make_address("127.0.0.1"), port_}, ec);
-    buffer_.clear();
-    if (ec) socket_.close(ec);
-    return socket_.is_open();
+  cli::HttpClient client_;
+};
+
+// A plain TCP connection to the daemon, for bytes no client would send.
+class RawConnection {
+ public:
+  explicit RawConnection(std::uint16_t port) : fd_(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd_ >= 0 && ::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+      ::close(fd_);
+      fd_ = -1;
+    }
+  }
+  ~RawConnection() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  RawConnection(const RawConnection&) = delete;
+  RawConnection& operator=(const RawConnection&) = delete;
+
+  int fd() const { return fd_; }
+  bool send_all(const std::string& bytes) {
+    return fd_ >= 0 &&
+           ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size());
   }
 
-  std::uint16_t port_;
-  boost::asio::io_context io_;
-  boost::asio::ip::tcp::socket socket_;
-  boost::beast::flat_buffer buffer_;
+ private:
+  int fd_;
 };
 
 }  // namespace poolkeeper::testing

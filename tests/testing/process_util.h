@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 
