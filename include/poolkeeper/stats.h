@@ -76,6 +76,7 @@ struct PoolStats {
   int sessions = 0;
   int target = 0;            // the size the pool maintains (min, or the manual scale target)
   int min = 0;               // the configured min
+  int max = 0;               // the configured max
   // Fewer usable (idle or leased) sessions than the pool must keep (its min,
   // or a smaller scale target), while not draining; or emergency-stopped.
   bool degraded = false;

@@ -78,6 +78,7 @@ enum class EventType : std::uint8_t {
   kClientSessionsExpired,
   kReservationCreated,
   kReservationEnded,
+  kReconfigured,    // a new configuration applies (value: the target size)
 };
 std::string_view to_string(EventType type);
 

@@ -97,6 +97,7 @@ std::string_view to_string(EventType type) {
     case EventType::kClientSessionsExpired: return "client_sessions_expired";
     case EventType::kReservationCreated: return "reservation_created";
     case EventType::kReservationEnded: return "reservation_ended";
+    case EventType::kReconfigured: return "reconfigured";
   }
   return "unknown";
 }

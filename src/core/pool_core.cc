@@ -25,6 +25,7 @@ struct PoolCore::Slot {
   SessionId id = 0;
 
   TimePoint created_at{};
+  TimePoint started_at{};  // when it became ready: lifetimes count from here
   TimePoint idle_since{};
   TimePoint last_checked{};
   TimePoint next_check = TimePoint::max();
@@ -841,6 +842,7 @@ void PoolCore::session_started(SessionId session, TimePoint now, Output& out) {
   ++counters_.sessions_created;
   consecutive_start_failures_ = 0;
   last_start_error_.clear();
+  s->started_at = now;
   s->last_checked = now;
   s->last_used = now;
   if (config_.max_lifetime.count() > 0) {
@@ -1062,6 +1064,80 @@ std::expected<void, Error> PoolCore::scale(int target, TimePoint now, Output& ou
   }
   shrinking_ = live_ > target_;
   emit(out, EventType::kScaled, now, 0, 0, {}, target);
+  ensure_capacity(now, out);
+  return {};
+}
+
+std::expected<void, Error> PoolCore::reconfigure(PoolConfig config, TimePoint now, Output& out) {
+  if (auto ok = validate_config(config); !ok) return std::unexpected(std::move(ok.error()));
+  if (config.name != config_.name) {
+    return std::unexpected(Error(ErrorCode::kInvalidConfig,
+                                 "name: cannot change on a running pool (\"" + config_.name +
+                                     "\" to \"" + config.name + "\")"));
+  }
+  const PoolConfig old = std::exchange(config_, std::move(config));
+  fast_paths_ = config_.validate_after_idle.count() == 0 && !config_.lease_events &&
+                config_.min_idle == 0;
+
+  // Sizes: the file's sizes win when they changed; otherwise an operator's
+  // target stays (within the new max). Sessions above the new target but
+  // within max leave by the idle timeout, as above min they always do.
+  if (old.min != config_.min || old.max != config_.max || old.start != config_.start) {
+    target_ = config_.start == StartMode::kEager ? config_.max : config_.min;
+    shrinking_ = false;
+  } else {
+    target_ = std::min(target_, config_.max);
+  }
+
+  if (old.aging != config_.aging) queue_.reorder(config_.aging);
+
+  const bool lifetime_changed =
+      old.max_lifetime != config_.max_lifetime || old.lifetime_jitter != config_.lifetime_jitter;
+  const bool checks_changed = old.check_interval != config_.check_interval;
+  for (const auto& owned : slots_) {
+    Slot& s = *owned;
+    // A starting session gets both from the new config when it is up.
+    if (!s.in_use || s.state == SessionState::kStarting || s.state == SessionState::kClosing) continue;
+    if (lifetime_changed) {
+      // Counted from its start, as always, with a new draw of the jitter.
+      s.expires_at = TimePoint::max();
+      if (config_.max_lifetime.count() > 0) {
+        const double cut = config_.lifetime_jitter * random_.unit();
+        s.expires_at = s.started_at + Duration{static_cast<Duration::rep>(
+                                          static_cast<double>(ns(config_.max_lifetime)) * (1.0 - cut))};
+      }
+    }
+    if (checks_changed) {
+      // Spread over one new interval, as for sessions started together.
+      s.next_check = TimePoint::max();
+      if (config_.check_interval.count() > 0) {
+        s.next_check = now + Duration{static_cast<Duration::rep>(
+                                 static_cast<double>(ns(config_.check_interval)) * (0.5 + random_.unit()))};
+      }
+    }
+  }
+  next_cleanup_ = std::min(next_cleanup_, now + config_.client_session_cleanup_interval);
+  // A start backoff under way ends no later than the new longest one.
+  next_start_allowed_ = std::min(next_start_allowed_, now + config_.start_backoff_max);
+
+  emit(out, EventType::kReconfigured, now, 0, 0, {}, target_);
+  // Idle sessions the new rules no longer allow go now (past a lifetime or a
+  // use limit, above a lowered max) and those below a raised health bar are
+  // checked; busy ones meet the rules when they come back, timeouts and
+  // cleanups at the next tick.
+  for (const auto& owned : slots_) {
+    Slot& s = *owned;
+    if (!s.in_use || s.state != SessionState::kIdle) continue;
+    if (auto why = recycle_due(s, now)) {
+      stop_session(s, *why, now, out);
+    } else if (s.health < config_.health_check_below) {
+      send_to_check(s, now, out);
+    }
+  }
+  // With handoff_after now off, a session held for a woken waiter is owed
+  // to the queue at once.
+  if (!queue_.empty() && idle_unreserved_ > 0) dispatch(now, out, /*trim=*/false);
+  trim_idle(now, out);
   ensure_capacity(now, out);
   return {};
 }
@@ -1397,6 +1473,7 @@ PoolStats PoolCore::stats() const {
   st.draining = modes_.draining || modes_.shutdown;
   st.emergency_stopped = modes_.emergency;
   st.min = config_.min;
+  st.max = config_.max;
   const int usable = by_state_[static_cast<int>(SessionState::kIdle)] +
                      by_state_[static_cast<int>(SessionState::kLeased)];
   st.degraded = st.emergency_stopped || (!st.draining && usable < std::min(config_.min, target_));

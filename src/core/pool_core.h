@@ -185,6 +185,16 @@ class PoolCore {
   void shutdown(TimePoint now, Output& out, TimePoint leases_until = TimePoint::max());
   bool drained() const;  // no session left after drain or shutdown
 
+  // Applies a new configuration to the running pool (a reload) without
+  // dropping anything in flight: leases keep their deadlines and waiters
+  // their place. Sessions above a lowered max close as they come back (idle
+  // ones at once) unless waiters need them; a raised min or min_idle starts
+  // sessions; lifetimes and check schedules are recomputed for live sessions.
+  // A scale target set by an operator stays unless min, max or start
+  // changed, which resets the target to the new config's. The name cannot
+  // change; a bad config changes nothing and names the bad key.
+  std::expected<void, Error> reconfigure(PoolConfig config, TimePoint now, Output& out);
+
   // --- reservations ---
   std::expected<ReservationInfo, Error> reserve(std::string_view owner, TimePoint expires_at,
                                                 TimePoint now, Output& out);

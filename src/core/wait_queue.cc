@@ -20,9 +20,7 @@ Waiter& WaitQueue::push(int priority, TimePoint deadline, TimePoint now, Duratio
   w.priority = priority;
   w.deadline = deadline;
   w.enqueued_at = now;
-  w.key = aging.count() > 0
-              ? now.time_since_epoch().count() - static_cast<std::int64_t>(priority) * aging.count()
-              : -static_cast<std::int64_t>(priority);
+  w.key = key_of(priority, now, aging);
   w.lease_timeout = Duration{0};
   w.owner.clear();
   w.client_session.clear();
@@ -34,6 +32,15 @@ Waiter& WaitQueue::push(int priority, TimePoint deadline, TimePoint now, Duratio
   by_deadline_.push_back(slot);
   deadline_up(w.deadline_pos);
   return w;
+}
+
+void WaitQueue::reorder(Duration aging) {
+  for (std::uint32_t slot : order_) {
+    Waiter& w = slots_[slot];
+    w.key = key_of(w.priority, w.enqueued_at, aging);
+  }
+  // Heapify bottom-up; order_down keeps every waiter's order_pos current.
+  for (std::size_t pos = order_.size() / 2; pos-- > 0;) order_down(static_cast<std::uint32_t>(pos));
 }
 
 Waiter* WaitQueue::find(std::uint64_t id) {

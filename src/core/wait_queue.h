@@ -49,6 +49,10 @@ class WaitQueue {
   Waiter* front() { return order_.empty() ? nullptr : &slots_[order_[0]]; }
   const Waiter* front() const { return order_.empty() ? nullptr : &slots_[order_[0]]; }
   Waiter* earliest_deadline() { return by_deadline_.empty() ? nullptr : &slots_[by_deadline_[0]]; }
+  // Recomputes every waiter's key for a new `aging` (a reloaded config), as
+  // if each had been queued with it: keys made with different agings do not
+  // compare. O(n).
+  void reorder(Duration aging);
   // Waiters ahead of `w` in service order (O(n)).
   int ahead_of(const Waiter& w) const;
 
@@ -70,6 +74,11 @@ class WaitQueue {
  private:
   static bool before(const Waiter& a, const Waiter& b) {
     return a.key != b.key ? a.key < b.key : a.seq < b.seq;
+  }
+  static std::int64_t key_of(int priority, TimePoint enqueued_at, Duration aging) {
+    return aging.count() > 0 ? enqueued_at.time_since_epoch().count() -
+                                   static_cast<std::int64_t>(priority) * aging.count()
+                             : -static_cast<std::int64_t>(priority);
   }
   static bool deadline_before(const Waiter& a, const Waiter& b) {
     return a.deadline != b.deadline ? a.deadline < b.deadline : a.seq < b.seq;

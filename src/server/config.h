@@ -53,14 +53,20 @@ struct ServerConfig {
   double rate_limit = 0;   // requests per second per tenant (0: off)
   int rate_burst = 100;    // requests a tenant may send at once above the rate
   std::size_t max_connections = 20000;
+
+  bool operator==(const ServerConfig&) const = default;
 };
 
 struct StoreConfig {
   std::string path = "poolkeeper.db";  // SQLite file; relative to the config file's directory
+
+  bool operator==(const StoreConfig&) const = default;
 };
 
 struct LogConfig {
   std::string level = "info";  // debug, info, warn, error
+
+  bool operator==(const LogConfig&) const = default;
 };
 
 struct TenantConfig {
@@ -68,6 +74,8 @@ struct TenantConfig {
   std::array<std::uint8_t, 32> token_sha256{};  // never the token itself
   bool admin = false;                           // scale, pause, drain, emergency stop
   std::vector<std::string> pools;               // pools it may use; empty: all
+
+  bool operator==(const TenantConfig&) const = default;
 };
 
 struct PoolEntry {

@@ -15,6 +15,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <thread>
@@ -30,6 +31,39 @@ namespace {
 
 namespace asio = boost::asio;
 using namespace std::chrono_literals;
+
+// What a reload cannot apply to a running daemon, by section.
+std::vector<std::string> needs_restart(const DaemonConfig& was, const DaemonConfig& now) {
+  std::vector<std::string> out;
+  if (!(was.server == now.server)) out.emplace_back("server");
+  if (!(was.store == now.store)) out.emplace_back("store");
+  if (!(was.log == now.log)) out.emplace_back("log");
+  if (was.tenants != now.tenants) out.emplace_back("tenants");
+  auto find = [](const DaemonConfig& c, const std::string& name) -> const PoolEntry* {
+    for (const PoolEntry& e : c.pools) {
+      if (e.pool.name == name) return &e;
+    }
+    return nullptr;
+  };
+  for (const PoolEntry& e : now.pools) {
+    const PoolEntry* old = find(was, e.pool.name);
+    if (old == nullptr) {
+      out.push_back("pools." + e.pool.name + " (new pool)");
+    } else if (!(old->process == e.process) || old->driver != e.driver) {
+      out.push_back("pools." + e.pool.name + " (driver settings)");
+    }
+  }
+  for (const PoolEntry& e : was.pools) {
+    if (find(now, e.pool.name) == nullptr) out.push_back("pools." + e.pool.name + " (removed)");
+  }
+  return out;
+}
+
+std::string joined(const std::vector<std::string>& parts) {
+  std::string s;
+  for (const std::string& p : parts) s += (s.empty() ? "" : ", ") + p;
+  return s;
+}
 
 }  // namespace
 
@@ -105,6 +139,55 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
     io.stop();
   };
 
+  // SIGHUP: the file is read again (with the environment as it is now). Pool
+  // sizes, queue, limits, health and client-session keys apply to the running
+  // pools without dropping a lease or a waiter (PoolCore::reconfigure); what
+  // a running daemon cannot change (server, store, log, tenants, pools added
+  // or removed, a pool's driver settings) is named in the log and waits for a
+  // restart. A bad file changes nothing.
+  DaemonConfig current = config;
+  auto reload = [&]() -> asio::awaitable<void> {
+    auto next = load_config(config.source, process_environment());
+    if (!next) {
+      log.write(runtime::LogLevel::kError, "reload refused: the running configuration stays",
+                {{"why", next.error().message}});
+      co_return;
+    }
+    const std::vector<std::string> later = needs_restart(current, *next);
+    int applied = 0;
+    for (const PoolEntry& e : next->pools) {
+      auto it = std::find_if(runners.begin(), runners.end(),
+                             [&](const auto& r) { return r->name() == e.pool.name; });
+      if (it == runners.end()) continue;
+      std::function<std::expected<void, Error>(core::PoolCore&, TimePoint, core::Output&)> apply =
+          [pool = e.pool](core::PoolCore& core, TimePoint now, core::Output& out) {
+            return core.reconfigure(pool, now, out);
+          };
+      auto reconfiguring = (*it)->with_core(std::move(apply), asio::use_awaitable);
+      std::expected<void, Error> r = co_await std::move(reconfiguring);
+      if (!r) {
+        log.write(runtime::LogLevel::kError, "pool reload refused",
+                  {{"pool", e.pool.name}, {"why", r.error().message}});
+        continue;
+      }
+      ++applied;
+      log.write(runtime::LogLevel::kInfo, "pool reloaded",
+                {{"pool", e.pool.name},
+                 {"min", std::to_string(e.pool.min)},
+                 {"max", std::to_string(e.pool.max)}});
+      // What was applied is what the next reload compares against.
+      for (PoolEntry& c : current.pools) {
+        if (c.pool.name == e.pool.name) c.pool = e.pool;
+      }
+    }
+    if (!later.empty()) {
+      log.write(runtime::LogLevel::kWarn, "reload: these changes need a restart",
+                {{"sections", joined(later)}});
+    }
+    log.write(runtime::LogLevel::kInfo, "reloaded",
+              {{"pools", std::to_string(applied)}, {"config", config.source}});
+  };
+
   asio::co_spawn(
       control,
       [&]() -> asio::awaitable<void> {
@@ -113,8 +196,9 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
           auto [ec, sig] = co_await signals.async_wait(asio::as_tuple(asio::use_awaitable));
           if (ec) co_return;
           if (sig == SIGHUP) {
-            log.write(runtime::LogLevel::kWarn,
-                      "SIGHUP: reloading is not supported yet; restart to apply changes", {});
+            if (shutting_down) continue;
+            log.write(runtime::LogLevel::kInfo, "SIGHUP: reloading", {{"config", config.source}});
+            co_await reload();  // one at a time: signals arriving meanwhile wait
             continue;
           }
           if (shutting_down) {

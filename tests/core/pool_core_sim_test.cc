@@ -336,6 +336,7 @@ enum class OpKind : std::uint8_t {
   kShutdown,
   kRetryWoken,  // the waiter woken by kWake tries again (handoff_after > 0)
   kRetryOther,  // retry() for a waiter that was not woken, was answered, or never existed
+  kReconfigure,  // a reload: a new random config for the same pool (sometimes a bad one)
   kCount,
 };
 constexpr int kOpKinds = static_cast<int>(OpKind::kCount);
@@ -448,6 +449,11 @@ struct CoreModel {
   std::map<std::string, TimePoint, std::less<>>
       client_put;  // last successful put, if not deleted since
   int consecutive_start_failures = 0;
+  // After a reload lowered max or max_starting: what was there then may stay
+  // until it leaves, but nothing new may start above the new limit.
+  int reload_sessions_ceiling = 0;
+  int reload_starting_ceiling = 0;
+  std::unordered_set<LeaseId> leases_at_reload;  // granted under an older max_uses
   std::uint64_t created = 0;
   std::uint64_t start_failures = 0;
   std::uint64_t checks = 0;
@@ -567,6 +573,7 @@ class Sim {
   void do_stale(int ci, const Op& op);
   void do_tick(int ci);
   void do_scale(int ci, const Op& op);
+  void do_reconfigure(int ci, const Op& op);
   void do_control(int ci, OpKind kind);
   void do_reserve(int ci, const Op& op);
   void do_cancel_reservation(int ci, const Op& op);
@@ -680,6 +687,7 @@ Op Sim::generate(Random& r, int remaining, int total) {
   set(OpKind::kTickOne, 20);
   set(OpKind::kAdvance, 15);
   set(OpKind::kScale, 8);
+  set(OpKind::kReconfigure, 3);
   set(OpKind::kPause, 2);
   set(OpKind::kResume, m.paused || m.draining ? 40 : 1);
   set(OpKind::kDrain, 1);
@@ -1336,6 +1344,9 @@ void Sim::step(const Op& op) {
       clock_.advance(d);
       break;
     }
+    case OpKind::kReconfigure:
+      do_reconfigure(ci, op);
+      break;
     case OpKind::kScale:
       do_scale(ci, op);
       break;
@@ -2136,6 +2147,99 @@ void Sim::do_scale(int ci, const Op& op) {
   }
 }
 
+void Sim::do_reconfigure(int ci, const Op& op) {
+  current_ = OpKind::kReconfigure;
+  CoreModel& m = cores_[ci];
+  Random r(op.p[0]);
+  PoolConfig next = random_config(r, ci);
+  next.lease_events = m.cfg.lease_events;  // the shell's choice, not the file's
+  const int mistake = static_cast<int>(op.p[1] % 8);
+  if (mistake == 0) next.min = next.max + 1;  // invalid
+  if (mistake == 1) next.name = "renamed";    // refused: a running pool keeps its name
+  const bool valid = mistake > 1;
+  begin(cat("core", ci, " reconfigure ", valid ? describe(next) : cat("(bad: ", mistake, ")")));
+  const PoolStats before = m.core->stats();
+  Output out;
+  auto result = m.core->reconfigure(next, now(), out);
+  note(" -> ", result.has_value() ? "ok" : code_name(result.error().code));
+  if (!valid) {
+    if (result.has_value() || result.error().code != ErrorCode::kInvalidConfig) {
+      fail("reconfigure_bad_accepted", "a bad config was not refused as invalid_config");
+    }
+    if (!out.actions.empty() || !out.events.empty()) {
+      fail("reconfigure_bad_changed", "a refused config still acted");
+    }
+    if (m.core->config().min != m.cfg.min || m.core->config().name != m.cfg.name) {
+      fail("reconfigure_bad_applied", "a refused config was applied");
+    }
+    return;
+  }
+  if (!result.has_value()) {
+    fail("reconfigure_failed", cat("a valid config was refused: ", result.error().message));
+    return;
+  }
+  const PoolConfig old = std::exchange(m.cfg, next);
+  // The model follows what the core documents: waiters re-sorted under the
+  // new aging, the next cleanup no later than one new interval from now.
+  for (WaiterModel& w : m.waiters) {
+    w.key = m.cfg.aging.count() > 0
+                ? w.queued.time_since_epoch().count() - w.priority * m.cfg.aging.count()
+                : -w.priority;
+  }
+  m.last_cleanup = std::min(m.last_cleanup + old.client_session_cleanup_interval,
+                            now() + m.cfg.client_session_cleanup_interval) -
+                   m.cfg.client_session_cleanup_interval;
+  // Client sessions gone by now (expired, or never recorded under a small
+  // cap) are not owed the new ttl or cap: the checks start from here.
+  for (auto it = m.client_put.begin(); it != m.client_put.end();) {
+    it = m.core->get_client_session(it->first, now()).has_value() ? std::next(it)
+                                                                   : m.client_put.erase(it);
+  }
+  for (auto it = m.client_leases.begin(); it != m.client_leases.end();) {
+    if (m.core->get_client_session(it->first, now()).has_value()) {
+      ++it;
+      continue;
+    }
+    for (LeaseModel& l : m.leases) {
+      if (l.client == it->first) l.counted = false;
+    }
+    it = m.client_leases.erase(it);
+  }
+  for (const LeaseModel& l : m.leases) m.leases_at_reload.insert(l.id);
+  m.reload_sessions_ceiling = static_cast<int>(m.sessions.size());
+  int starting = 0;
+  for (const SessionInfo& si : m.core->sessions(now())) {
+    starting += si.state == SessionState::kStarting ? 1 : 0;
+  }
+  m.reload_starting_ceiling = starting;
+  if (m.last_start_failure.has_value()) {
+    m.last_start_failure = std::min(*m.last_start_failure + old.start_backoff_max,
+                                    now() + m.cfg.start_backoff_max) -
+                           m.cfg.start_backoff_max;
+  }
+  absorb(ci, out, {});
+  const bool sizes_changed = old.min != next.min || old.max != next.max || old.start != next.start;
+  const int want_target = sizes_changed
+                              ? (next.start == StartMode::kEager ? next.max : next.min)
+                              : std::min(before.target, next.max);
+  if (m.core->stats().target != want_target) {
+    fail("reconfigure_target", cat("target ", m.core->stats().target, " after a reload, expected ",
+                                   want_target, " (was ", before.target, ")"));
+  }
+  // Idle sessions above a lowered max nobody waits for close at once.
+  if (!m.draining && !m.shutdown && m.waiters.empty()) {
+    int live = 0, idle = 0;
+    for (const SessionInfo& si : m.core->sessions(now())) {
+      live += si.state != SessionState::kClosing ? 1 : 0;
+      idle += si.state == SessionState::kIdle && !si.reserved ? 1 : 0;
+    }
+    if (live > next.max && idle > 0) {
+      fail("reconfigure_over_max", cat(live, " live over the new max ", next.max, " with ", idle,
+                                       " idle after a reload"));
+    }
+  }
+}
+
 void Sim::do_control(int ci, OpKind kind) {
   current_ = kind;
   CoreModel& m = cores_[ci];
@@ -2526,7 +2630,7 @@ void Sim::check_core(int ci, bool ticked) {
           fail("reserved_for_other_owner", cat(sid(si.id), " reserved for '", si.reserved_for,
                                                "' is leased by '", l->owner, "'"));
         }
-        if (c.max_uses > 0 && si.uses > c.max_uses) {
+        if (c.max_uses > 0 && si.uses > c.max_uses && m.leases_at_reload.count(s.lease) == 0) {
           fail("max_uses_exceeded",
                cat(sid(si.id), " is leased for use ", si.uses, " (max_uses ", c.max_uses, ")"));
         }
@@ -2548,14 +2652,22 @@ void Sim::check_core(int ci, bool ticked) {
   }
 
   // Limits.
-  if (static_cast<int>(m.sessions.size()) > c.max + c.overflow) {
+  const int held_now = static_cast<int>(m.sessions.size());
+  if (held_now > std::max(c.max + c.overflow, m.reload_sessions_ceiling)) {
     fail("above_max",
-         cat(m.sessions.size(), " sessions held, max ", c.max, " + overflow ", c.overflow));
+         cat(m.sessions.size(), " sessions held, max ", c.max, " + overflow ", c.overflow,
+             m.reload_sessions_ceiling > 0 ? cat(" (", m.reload_sessions_ceiling, " at a reload)")
+                                           : std::string()));
   }
-  if (by_state[static_cast<int>(SessionState::kStarting)] > c.max_starting) {
+  m.reload_sessions_ceiling =
+      held_now > c.max + c.overflow ? std::min(m.reload_sessions_ceiling, held_now) : 0;
+  const int starting_now = by_state[static_cast<int>(SessionState::kStarting)];
+  if (starting_now > std::max(c.max_starting, m.reload_starting_ceiling)) {
     fail("above_max_starting",
          cat(by_state[0], " sessions starting, max_starting ", c.max_starting));
   }
+  m.reload_starting_ceiling =
+      starting_now > c.max_starting ? std::min(m.reload_starting_ceiling, starting_now) : 0;
 
   // Statistics match the real sets.
   if (st.sessions_by_state != by_state)

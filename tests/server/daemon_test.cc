@@ -488,6 +488,67 @@ TEST(DaemonShutdownTest, SecondSigtermExitsAtOnce) {
   EXPECT_TRUE(wait_until([&] { return !process_alive(worker); })) << "worker " << worker;
 }
 
+// Verifies SIGHUP: new pool sizes apply while a lease is held and a client
+// waits (the raised max serves the waiter, the lease still works and is
+// released), changes that need a restart are named, and a bad file changes
+// nothing.
+TEST(DaemonReloadTest, SighupAppliesSizesAndKeepsLeases) {
+  DaemonProcess daemon(config_text(), token_env());
+  const std::uint16_t port = daemon.port();
+  ASSERT_NE(port, 0);
+  HttpClient c(port);
+  ASSERT_TRUE(wait_until([&] { return c.request("GET", "/health").status == 200; }, 30s));
+  HttpResult l = c.request("POST", "/v1/pools/tiny/leases", "{}", kAlice);
+  ASSERT_EQ(l.status, 201) << l.body;
+  const std::string held(l.json().at("lease").as_string());
+  auto waiting = std::async(std::launch::async, [port] {
+    HttpClient w(port);
+    return w.request("POST", "/v1/pools/tiny/leases", R"({"timeout_ms": 60000})", kAlice);
+  });
+  ASSERT_TRUE(wait_until([&] {
+    HttpResult r = c.request("GET", "/v1/pools/tiny", {}, kRoot);
+    return r.status == 200 && r.json().at("queue_length").as_int64() == 1;
+  }));
+
+  std::string text = config_text();
+  const std::string tiny = "[pools.tiny]\ncommand = [\"" + std::string(POOLKEEPER_TEST_WORKER) +
+                           "\"]\nmin = 1\nmax = 1\n";
+  const auto at = text.find(tiny);
+  ASSERT_NE(at, std::string::npos);
+  text.replace(at, tiny.size(), "[pools.tiny]\ncommand = [\"" +
+                                    std::string(POOLKEEPER_TEST_WORKER) + "\"]\nmin = 2\nmax = 3\n");
+  const std::string timeout = "header_timeout = \"1s\"";
+  ASSERT_NE(text.find(timeout), std::string::npos);
+  text.replace(text.find(timeout), timeout.size(), "header_timeout = \"2s\"");
+  daemon.rewrite_config(text);
+  daemon.signal(SIGHUP);
+  ASSERT_TRUE(wait_until([&] { return daemon.logged("\"msg\":\"reloaded\""); }));
+  EXPECT_TRUE(daemon.logged("\"sections\":\"server\""));
+  ASSERT_EQ(waiting.wait_for(60s), std::future_status::ready);
+  HttpResult served = waiting.get();
+  ASSERT_EQ(served.status, 201) << "the raised max serves the waiter: " << served.body;
+  const std::string second(served.json().at("lease").as_string());
+  EXPECT_TRUE(wait_until([&] {
+    HttpResult r = c.request("GET", "/v1/pools/tiny", {}, kRoot);
+    return r.status == 200 && r.json().at("target").as_int64() == 2 &&
+           r.json().at("sessions").as_int64() == 2;
+  }));
+  HttpResult run = c.request("POST", "/v1/leases/" + held + "/execute", R"({"params": 1})", kAlice);
+  EXPECT_EQ(run.status, 200) << run.body;
+  EXPECT_EQ(c.request("DELETE", "/v1/leases/" + held, {}, kAlice).status, 200);
+  EXPECT_EQ(c.request("DELETE", "/v1/leases/" + second, {}, kAlice).status, 200);
+
+  daemon.rewrite_config(text + "\n[pools.tiny.bogus]\n");
+  daemon.signal(SIGHUP);
+  ASSERT_TRUE(wait_until([&] { return daemon.logged("reload refused"); }));
+  HttpResult after = c.request("GET", "/v1/pools/tiny", {}, kRoot);
+  ASSERT_EQ(after.status, 200);
+  EXPECT_EQ(after.json().at("target").as_int64(), 2);
+  EXPECT_EQ(c.request("POST", "/v1/pools/tiny/execute", R"({"params": 2})", kAlice).status, 200);
+  daemon.signal(SIGTERM);
+  EXPECT_EQ(daemon.wait_exit(60s), 0);
+}
+
 // Verifies that a bad configuration is refused at start with its reason.
 TEST(DaemonShutdownTest, BadConfigIsRefusedAtStart) {
   DaemonProcess daemon("[pools.x]\ncommand = [\"true\"]\nmax = 0\n");

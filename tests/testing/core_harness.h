@@ -168,6 +168,11 @@ class CoreHarness {
     call([&](Output& o) { result = core_->scale(target, now(), o); });
     return result;
   }
+  std::expected<void, Error> reconfigure(PoolConfig config) {
+    std::expected<void, Error> result;
+    call([&](Output& o) { result = core_->reconfigure(std::move(config), now(), o); });
+    return result;
+  }
   void pause() {
     call([&](Output& o) { core_->pause(now(), o); });
   }

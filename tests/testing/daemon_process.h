@@ -75,6 +75,12 @@ class DaemonProcess {
   }
 
   pid_t pid() const { return child_.pid; }
+  // Replaces the config file (a reload reads it on SIGHUP).
+  void rewrite_config(const std::string& config_text) {
+    const std::string tmp = config_path_ + ".new";
+    std::ofstream(tmp) << config_text;
+    std::rename(tmp.c_str(), config_path_.c_str());
+  }
   void signal(int sig) {
     if (child_.pid > 0) ::kill(child_.pid, sig);  // never kill(-1, ...)
   }

@@ -63,6 +63,8 @@ struct ProcessConfig {
   Duration stop_grace = std::chrono::seconds(2);  // after closing stdin, before SIGTERM
   Duration kill_after = std::chrono::seconds(2);  // after SIGTERM, before SIGKILL
   bool kill_with_daemon = true;                   // PR_SET_PDEATHSIG
+
+  bool operator==(const ProcessConfig&) const = default;
 };
 
 std::expected<void, Error> validate_process_config(const ProcessConfig& config);
