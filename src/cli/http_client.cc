@@ -6,6 +6,8 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
+#include <chrono>
+
 namespace poolkeeper::cli {
 
 namespace asio = boost::asio;
@@ -22,12 +24,42 @@ struct HttpClient::Impl {
   beast::flat_buffer buffer;
   std::string url;
 
+  std::chrono::milliseconds timeout{0};  // per call; 0: none
+  std::chrono::steady_clock::time_point deadline{};
+
+  std::string timed_out() const {
+    return "no answer within " + std::to_string(timeout.count()) + " ms";
+  }
+
+  // Runs the operation just started until it completes (true) or the call's
+  // deadline passes (false: the connection is closed, the operation ends).
+  bool run(const bool& done) {
+    io.restart();
+    if (timeout.count() == 0) {
+      io.run();
+    } else {
+      const auto left = deadline - std::chrono::steady_clock::now();
+      if (left > decltype(left)::zero()) io.run_for(left);
+    }
+    if (done) return true;
+    boost::system::error_code ignored;
+    socket.close(ignored);
+    io.restart();
+    io.run();  // the cancelled operation's handler
+    return false;
+  }
+
   std::expected<void, std::string> connect() {
     boost::system::error_code ec;
     tcp::resolver resolver(io);
     auto endpoints = resolver.resolve(host, port, ec);
     if (ec) return std::unexpected("cannot resolve " + host + ": " + ec.message());
-    asio::connect(socket, endpoints, ec);
+    bool done = false;
+    asio::async_connect(socket, endpoints, [&](boost::system::error_code e, const tcp::endpoint&) {
+      ec = e;
+      done = true;
+    });
+    if (!run(done)) return std::unexpected("cannot reach the daemon at " + url + ": " + timed_out());
     if (ec) return std::unexpected("cannot reach the daemon at " + url + ": " + ec.message());
     buffer.clear();
     return {};
@@ -49,7 +81,12 @@ struct HttpClient::Impl {
     req.prepare_payload();
     req.keep_alive(true);
     boost::system::error_code ec;
-    http::write(socket, req, ec);
+    bool done = false;
+    http::async_write(socket, req, [&](boost::system::error_code e, std::size_t) {
+      ec = e;
+      done = true;
+    });
+    if (!run(done)) return std::unexpected(timed_out());  // may have been handled: no retry
     if (ec) {
       socket.close(ec);
       retry = true;  // not sent: nothing was handled
@@ -57,7 +94,12 @@ struct HttpClient::Impl {
     }
     http::response_parser<http::string_body> parser;
     parser.body_limit(64u << 20);
-    http::read(socket, buffer, parser, ec);
+    done = false;
+    http::async_read(socket, buffer, parser, [&](boost::system::error_code e, std::size_t) {
+      ec = e;
+      done = true;
+    });
+    if (!run(done)) return std::unexpected(timed_out());
     if (ec) {
       retry = method == "GET" && !parser.got_some();
       socket.close(ec);
@@ -94,6 +136,7 @@ HttpClient::~HttpClient() = default;
 std::expected<HttpReply, std::string> HttpClient::call(const std::string& method,
                                                        const std::string& target,
                                                        const std::string& body) {
+  impl_->deadline = std::chrono::steady_clock::now() + impl_->timeout;
   const bool reused = impl_->socket.is_open();
   bool retry = false;
   auto r = impl_->once(method, target, body, retry);
@@ -102,6 +145,8 @@ std::expected<HttpReply, std::string> HttpClient::call(const std::string& method
 }
 
 void HttpClient::set_token(std::string token) { impl_->token = std::move(token); }
+
+void HttpClient::set_timeout(std::chrono::milliseconds timeout) { impl_->timeout = timeout; }
 
 void HttpClient::close() {
   boost::system::error_code ec;

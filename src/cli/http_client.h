@@ -13,6 +13,7 @@
 //   if (!r) std::cerr << r.error() << "\n";   // could not reach the daemon
 #pragma once
 
+#include <chrono>
 #include <expected>
 #include <map>
 #include <memory>
@@ -36,6 +37,10 @@ class HttpClient {
   std::expected<HttpReply, std::string> call(const std::string& method, const std::string& target,
                                              const std::string& body = {});
   void set_token(std::string token);
+  // Each call's limit, from connecting to the last byte of the answer (0:
+  // none). A call past it fails and its connection is closed; it is not
+  // sent again, since the daemon may have handled it.
+  void set_timeout(std::chrono::milliseconds timeout);
   void close();
 
  private:

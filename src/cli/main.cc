@@ -250,6 +250,10 @@ int run(int argc, char** argv) {
   g.url = env_or("POOLKEEPER_URL", "http://127.0.0.1:8470");
   app.add_option("--url", g.url, "The daemon (default $POOLKEEPER_URL or http://127.0.0.1:8470)");
   app.add_flag("--json", g.json, "Print the API's JSON");
+  std::string request_timeout = "30s";
+  app.add_option("--request-timeout", request_timeout,
+                 "Give up on the daemon after this long (\"30s\"; added to a lease's or exec's "
+                 "--timeout; 0: never)");
   app.footer("Client commands send the token in $POOLKEEPER_TOKEN.");
 
   std::string config_path;
@@ -306,6 +310,11 @@ int run(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   g.client = std::make_unique<cli::HttpClient>(g.url, env_or("POOLKEEPER_TOKEN", ""));
+  if (const std::int64_t limit = flag_ms("request-timeout", request_timeout); limit > 0) {
+    // A lease or exec may wait its --timeout at the daemon before any answer.
+    const bool waits = *lease_cmd || (*exec_cmd && lease_id.empty());
+    g.client->set_timeout(std::chrono::milliseconds(limit + (waits ? flag_ms("timeout", timeout) : 0)));
+  }
 
   if (*serve_cmd) return serve(config_path);
   if (*check_cmd) return check_config(config_path);

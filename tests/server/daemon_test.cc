@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <sys/time.h>
+#include <netinet/in.h>
 
 #include <gtest/gtest.h>
 
@@ -189,6 +190,101 @@ TEST_F(DaemonTest, AuthorizationMatrix) {
   EXPECT_EQ(c.request("DELETE", "/v1/leases/" + alice_lease, {}, kBob).status, 404);
   EXPECT_EQ(c.request("DELETE", "/v1/leases/" + alice_lease, {}, kAlice).status, 200);
   EXPECT_EQ(c.request("POST", "/v1/pools/echo/scale", R"({"target": 1})", kRoot).status, 200);
+}
+
+// Verifies who may do what on the routes that change state, each undone
+// after it succeeds: leases, one-shot execute, reservations, client
+// sessions (a tenant's own, invisible to others, admins included), drain,
+// and emergency stop and resume.
+TEST_F(DaemonTest, AuthorizationMatrixOnRoutesThatChangeState) {
+  HttpClient c(port_);
+  const std::string kWrong = "not-a-token-at-all";
+  struct Caller {
+    const char* name;
+    std::string token;
+  };
+  const std::vector<Caller> everyone = {
+      {"none", ""}, {"wrong", kWrong}, {"bob", kBob}, {"alice", kAlice}, {"root", kRoot}};
+  auto as = [&](const Caller& who, const std::string& method, const std::string& target,
+                const std::string& body, int status) {
+    HttpResult r = c.request(method, target, body, who.token);
+    EXPECT_EQ(r.status, status) << method << " " << target << " as " << who.name << ": " << r.body;
+    return r;
+  };
+  const Caller& none = everyone[0];
+  const Caller& wrong = everyone[1];
+  const Caller& bob = everyone[2];
+  const Caller& alice = everyone[3];
+  const Caller& root = everyone[4];
+
+  // Leases and one-shot execute on tiny, which bob may not use.
+  const int lease_status[] = {401, 401, 404, 201, 201};
+  for (std::size_t i = 0; i < everyone.size(); ++i) {
+    HttpResult r = as(everyone[i], "POST", "/v1/pools/tiny/leases", R"({"timeout_ms": 5000})",
+                      lease_status[i]);
+    if (r.status == 201) {
+      as(everyone[i], "DELETE", "/v1/leases/" + std::string(r.json().at("lease").as_string()), "",
+         200);
+    }
+  }
+  const int execute_status[] = {401, 401, 404, 200, 200};
+  for (std::size_t i = 0; i < everyone.size(); ++i) {
+    as(everyone[i], "POST", "/v1/pools/tiny/execute", R"({"params": 1})", execute_status[i]);
+  }
+
+  // Reservations: alice's, seen and cancelled only by alice.
+  as(none, "POST", "/v1/pools/echo/reservations", R"({"ttl_ms": 60000})", 401);
+  as(wrong, "POST", "/v1/pools/echo/reservations", R"({"ttl_ms": 60000})", 401);
+  as(bob, "POST", "/v1/pools/tiny/reservations", R"({"ttl_ms": 60000})", 404);
+  HttpResult made = as(alice, "POST", "/v1/pools/echo/reservations", R"({"ttl_ms": 60000})", 201);
+  ASSERT_EQ(made.status, 201);
+  const std::string reservation(made.json().at("reservation").as_string());
+  as(none, "GET", "/v1/reservations", "", 401);
+  as(wrong, "GET", "/v1/reservations", "", 401);
+  for (const Caller* who : {&bob, &root}) {
+    HttpResult list = as(*who, "GET", "/v1/reservations", "", 200);
+    EXPECT_EQ(list.body.find(reservation), std::string::npos) << who->name << " sees alice's";
+  }
+  HttpResult mine = as(alice, "GET", "/v1/reservations", "", 200);
+  EXPECT_NE(mine.body.find(reservation), std::string::npos);
+  for (const Caller* who : {&none, &wrong}) as(*who, "DELETE", "/v1/reservations/" + reservation, "", 401);
+  for (const Caller* who : {&bob, &root}) as(*who, "DELETE", "/v1/reservations/" + reservation, "", 404);
+  as(alice, "DELETE", "/v1/reservations/" + reservation, "", 200);
+
+  // Client sessions: alice's, invisible to bob and to the admin.
+  const std::string cs = "/v1/client-sessions/auth-matrix?pool=echo";
+  const std::string doc = R"({"document": {"step": 1}})";
+  as(none, "PUT", cs, doc, 401);
+  as(wrong, "PUT", cs, doc, 401);
+  as(bob, "PUT", "/v1/client-sessions/auth-matrix?pool=tiny", doc, 404);
+  as(alice, "PUT", cs, doc, 200);
+  for (const Caller* who : {&none, &wrong}) {
+    as(*who, "GET", cs, "", 401);
+    as(*who, "DELETE", cs, "", 401);
+  }
+  for (const Caller* who : {&bob, &root}) {
+    as(*who, "GET", cs, "", 404);
+    as(*who, "DELETE", cs, "", 404);
+  }
+  HttpResult got = as(alice, "GET", cs, "", 200);
+  ASSERT_EQ(got.status, 200);
+  EXPECT_EQ(got.json().at("document"), json::parse(R"({"step": 1})"));
+  as(alice, "DELETE", cs, "", 200);
+  as(alice, "GET", cs, "", 404);
+
+  // Drain (admin), then resume so the pool comes back.
+  const int drain_status[] = {401, 401, 404, 403, 200};
+  for (std::size_t i = 0; i < everyone.size(); ++i) {
+    as(everyone[i], "POST", "/v1/pools/tiny/drain", "", drain_status[i]);
+  }
+  as(root, "POST", "/v1/pools/tiny/resume", "", 200);
+
+  // Emergency stop and resume (admin, every pool).
+  for (const char* route : {"/v1/emergency-stop", "/v1/emergency-resume"}) {
+    const int status[] = {401, 401, 403, 403, 200};
+    for (std::size_t i = 0; i < everyone.size(); ++i) as(everyone[i], "POST", route, "", status[i]);
+  }
+  EXPECT_TRUE(wait_until([&] { return c.request("GET", "/health").status == 200; }, 30s));
 }
 
 // Verifies the bad-input catalogue: each gets its status and error code and
@@ -411,6 +507,30 @@ TEST_F(DaemonTest, CliTalksToTheDaemon) {
   r = run_cli(1, kAlice, "status");
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.output.find("cannot reach the daemon"), std::string::npos) << r.output;
+}
+
+// Verifies that the CLI gives up on a daemon that accepts the connection
+// but never answers, after --request-timeout (plus a lease's --timeout).
+TEST(CliTimeoutTest, SilentDaemonTimesOut) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(fd, 16), 0);  // connections complete in the backlog; nothing is read
+  socklen_t len = sizeof a;
+  ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  const std::uint16_t port = ntohs(a.sin_port);
+  const auto started = std::chrono::steady_clock::now();
+  CliRun r = run_cli(port, kAlice, "--request-timeout 300ms status");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("no answer within 300 ms"), std::string::npos) << r.output;
+  r = run_cli(port, kAlice, "--request-timeout 200ms lease echo --timeout 300ms");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("no answer within 500 ms"), std::string::npos) << r.output;
+  EXPECT_LT(std::chrono::steady_clock::now() - started, 60s) << "it gave up";
+  ::close(fd);
 }
 
 // Verifies SIGTERM: waiters are answered 503 shutdown, a lease in flight
