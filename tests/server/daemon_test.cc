@@ -287,6 +287,26 @@ TEST_F(DaemonTest, AuthorizationMatrixOnRoutesThatChangeState) {
   EXPECT_TRUE(wait_until([&] { return c.request("GET", "/health").status == 200; }, 30s));
 }
 
+// Verifies a lease held past its lease timeout: it is reclaimed (its worker
+// replaced), execute and release on it then get 409 lease_reclaimed, and the
+// pool serves again.
+TEST_F(DaemonTest, ReleaseAfterLeaseTimeoutIsReclaimed) {
+  HttpClient c(port_);
+  const std::string id = lease(c, "tiny", kAlice, R"({"lease_timeout_ms": 200})");
+  ASSERT_FALSE(id.empty());
+  ASSERT_TRUE(wait_until([&] {
+    HttpResult r = c.request("GET", "/v1/pools/tiny", {}, kRoot);
+    return r.status == 200 && r.json().at("reclaimed").as_int64() >= 1 &&
+           c.request("POST", "/v1/leases/" + id + "/execute", R"({"params": 1})", kAlice)
+                   .error_code() == "lease_reclaimed";
+  }));
+  HttpResult r = c.request("DELETE", "/v1/leases/" + id, {}, kAlice);
+  EXPECT_EQ(r.status, 409) << r.body;
+  EXPECT_EQ(r.error_code(), "lease_reclaimed");
+  HttpResult again = c.request("POST", "/v1/pools/tiny/execute", R"({"params": 2, "timeout_ms": 30000})", kAlice);
+  EXPECT_EQ(again.status, 200) << again.body;
+}
+
 // Verifies the bad-input catalogue: each gets its status and error code and
 // the daemon keeps serving.
 TEST_F(DaemonTest, BadInputGetsClearErrors) {
