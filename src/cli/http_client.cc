@@ -8,6 +8,8 @@
 
 #include <chrono>
 
+#include "poolkeeper/clock.h"
+
 namespace poolkeeper::cli {
 
 namespace asio = boost::asio;
@@ -25,7 +27,7 @@ struct HttpClient::Impl {
   std::string url;
 
   std::chrono::milliseconds timeout{0};  // per call; 0: none
-  std::chrono::steady_clock::time_point deadline{};
+  TimePoint deadline{};
 
   std::string timed_out() const {
     return "no answer within " + std::to_string(timeout.count()) + " ms";
@@ -38,8 +40,8 @@ struct HttpClient::Impl {
     if (timeout.count() == 0) {
       io.run();
     } else {
-      const auto left = deadline - std::chrono::steady_clock::now();
-      if (left > decltype(left)::zero()) io.run_for(left);
+      const Duration left = deadline - real_clock().now();
+      if (left > Duration{0}) io.run_for(left);
     }
     if (done) return true;
     boost::system::error_code ignored;
@@ -136,7 +138,7 @@ HttpClient::~HttpClient() = default;
 std::expected<HttpReply, std::string> HttpClient::call(const std::string& method,
                                                        const std::string& target,
                                                        const std::string& body) {
-  impl_->deadline = std::chrono::steady_clock::now() + impl_->timeout;
+  impl_->deadline = real_clock().now() + impl_->timeout;
   const bool reused = impl_->socket.is_open();
   bool retry = false;
   auto r = impl_->once(method, target, body, retry);

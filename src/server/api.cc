@@ -5,11 +5,11 @@
 #include <boost/json.hpp>
 
 #include <algorithm>
-#include <charconv>
 #include <cmath>
 #include <ctime>
 #include <sstream>
 
+#include "server/request.h"
 #include "server/sha256.h"
 
 namespace poolkeeper::server {
@@ -20,8 +20,6 @@ namespace json = boost::json;
 using namespace std::chrono_literals;
 using runtime::PoolSnapshot;
 
-constexpr std::int64_t kMaxTimeoutMs = 24LL * 3600 * 1000;
-
 std::int64_t ms(Duration d) { return std::chrono::duration_cast<std::chrono::milliseconds>(d).count(); }
 
 std::string json_text(const json::value& v) { return json::serialize(v); }
@@ -30,122 +28,10 @@ Response json_response(int status, const json::value& v) {
   return Response{.status = status, .body = json_text(v) + "\n"};
 }
 
-Response bad_request(std::string message) {
-  return error_response(400, "invalid_argument", message);
+// A request its decoding refused (server/request.h).
+Response bad_request(const DecodeError& error) {
+  return error_response(error.status, "invalid_argument", error.message);
 }
-
-// "%41" decoding of one path segment; nullopt when malformed.
-std::optional<std::string> percent_decode(std::string_view s) {
-  std::string out;
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    if (s[i] != '%') {
-      out += s[i];
-      continue;
-    }
-    if (i + 2 >= s.size()) return std::nullopt;
-    unsigned v = 0;  // unsigned: "%-1" is not a byte
-    const auto [end, ec] = std::from_chars(s.data() + i + 1, s.data() + i + 3, v, 16);
-    if (ec != std::errc() || end != s.data() + i + 3) return std::nullopt;
-    out += static_cast<char>(v);
-    i += 2;
-  }
-  return out;
-}
-
-struct Target {
-  std::vector<std::string> path;  // decoded segments
-  std::map<std::string, std::string, std::less<>> query;
-};
-
-std::optional<Target> parse_target(std::string_view target) {
-  Target t;
-  const std::size_t q = target.find('?');
-  std::string_view path = target.substr(0, q);
-  if (path.empty() || path.front() != '/') return std::nullopt;
-  path.remove_prefix(1);
-  while (!path.empty()) {
-    const std::size_t slash = path.find('/');
-    auto seg = percent_decode(path.substr(0, slash));
-    if (!seg) return std::nullopt;
-    t.path.push_back(std::move(*seg));
-    if (slash == std::string_view::npos) break;
-    path.remove_prefix(slash + 1);
-    if (path.empty()) t.path.emplace_back();  // a trailing slash
-  }
-  if (q != std::string_view::npos) {
-    std::string_view rest = target.substr(q + 1);
-    while (!rest.empty()) {
-      const std::size_t amp = rest.find('&');
-      const std::string_view kv = rest.substr(0, amp);
-      const std::size_t eq = kv.find('=');
-      auto k = percent_decode(kv.substr(0, eq));
-      auto v = percent_decode(eq == std::string_view::npos ? std::string_view() : kv.substr(eq + 1));
-      if (!k || !v) return std::nullopt;
-      t.query[*k] = *v;
-      if (amp == std::string_view::npos) break;
-      rest.remove_prefix(amp + 1);
-    }
-  }
-  return t;
-}
-
-// The request body as a JSON object (an empty body is an empty object).
-std::expected<json::object, Response> body_object(const std::string& body, int max_depth) {
-  if (body.find_first_not_of(" \t\r\n") == std::string::npos) return json::object();
-  json::parse_options o;
-  o.max_depth = static_cast<std::size_t>(max_depth);
-  json::error_code ec;
-  json::value v = json::parse(body, ec, {}, o);
-  if (ec == json::error::too_deep) {
-    return std::unexpected(bad_request("the JSON body nests deeper than " +
-                                       std::to_string(max_depth) + " levels"));
-  }
-  if (ec) return std::unexpected(bad_request("the body is not valid JSON: " + ec.message()));
-  if (!v.is_object()) return std::unexpected(bad_request("the body must be a JSON object"));
-  return std::move(v.get_object());
-}
-
-// Typed, bounded fields of a request body; each error names the field.
-struct Fields {
-  const json::object& o;
-
-  std::expected<std::int64_t, Response> integer(std::string_view key, std::int64_t dflt,
-                                                std::int64_t min, std::int64_t max) const {
-    const json::value* v = o.if_contains(key);
-    if (v == nullptr || v->is_null()) return dflt;
-    std::int64_t n = 0;
-    if (v->is_int64()) {
-      n = v->get_int64();
-    } else if (v->is_uint64()) {
-      n = std::numeric_limits<std::int64_t>::max();
-    } else {
-      return std::unexpected(bad_request(std::string(key) + ": must be an integer"));
-    }
-    if (n < min || n > max) {
-      return std::unexpected(bad_request(std::string(key) + ": must be between " +
-                                         std::to_string(min) + " and " + std::to_string(max)));
-    }
-    return n;
-  }
-
-  std::expected<std::string, Response> string(std::string_view key, std::size_t max_len) const {
-    const json::value* v = o.if_contains(key);
-    if (v == nullptr || v->is_null()) return std::string();
-    if (!v->is_string()) return std::unexpected(bad_request(std::string(key) + ": must be a string"));
-    if (v->get_string().size() > max_len) {
-      return std::unexpected(bad_request(std::string(key) + ": longer than " +
-                                         std::to_string(max_len) + " characters"));
-    }
-    return std::string(v->get_string());
-  }
-
-  std::expected<bool, Response> boolean(std::string_view key, bool dflt) const {
-    const json::value* v = o.if_contains(key);
-    if (v == nullptr || v->is_null()) return dflt;
-    if (!v->is_bool()) return std::unexpected(bad_request(std::string(key) + ": must be true or false"));
-    return v->get_bool();
-  }
-};
 
 // A monotonic time point as wall-clock text (null when never).
 json::value wall_json(TimePoint t) {
@@ -156,17 +42,6 @@ json::value wall_json(TimePoint t) {
 
 std::string lease_text(std::string_view pool, LeaseId lease) {
   return std::string(pool) + "." + std::to_string(lease);
-}
-
-// "python.123" -> ("python", 123).
-std::optional<std::pair<std::string, std::uint64_t>> split_id(std::string_view text) {
-  const std::size_t dot = text.rfind('.');
-  if (dot == std::string_view::npos || dot == 0) return std::nullopt;
-  std::uint64_t id = 0;
-  const std::string_view digits = text.substr(dot + 1);
-  const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), id);
-  if (ec != std::errc() || end != digits.data() + digits.size() || digits.empty()) return std::nullopt;
-  return std::make_pair(std::string(text.substr(0, dot)), id);
 }
 
 json::object session_json(const runtime::SessionView& s) {
@@ -314,8 +189,28 @@ Response error_response(const Error& error) {
                           error.retry_after.count());
 }
 
+namespace {
+
+// Each tenant's bucket: its own rate and burst, else the server's. With
+// auth = "none" every caller is the same nobody ("").
+std::map<std::string, RateLimiter::Limit, std::less<>> rate_limits(const DaemonConfig& config) {
+  std::map<std::string, RateLimiter::Limit, std::less<>> limits;
+  const ServerConfig& s = config.server;
+  if (s.auth == AuthMode::kNone) {
+    limits[""] = {.rate = s.rate_limit, .burst = s.rate_burst};
+    return limits;
+  }
+  for (const TenantConfig& t : config.tenants) {
+    limits[t.name] = {.rate = t.rate_limit >= 0 ? t.rate_limit : s.rate_limit,
+                      .burst = t.rate_burst > 0 ? t.rate_burst : s.rate_burst};
+  }
+  return limits;
+}
+
+}  // namespace
+
 Api::Api(const DaemonConfig& config, std::vector<std::shared_ptr<runtime::PoolRunner>> runners)
-    : config_(config), started_(real_clock().now()) {
+    : config_(config), limiter_(rate_limits(config)), started_(real_clock().now()) {
   for (auto& r : runners) {
     Pool p;
     p.autoscale = std::make_unique<std::atomic<bool>>(false);
@@ -365,6 +260,15 @@ asio::awaitable<Response> Api::handle(Request request) {
     const bool health = request.target == "/health" || request.target.starts_with("/health?");
     if (!caller && !health) co_return caller.error();
     const Caller who = caller ? *caller : Caller{};
+    if (caller) {
+      if (const Duration wait = limiter_.admit(who.tenant, real_clock().now()); wait.count() > 0) {
+        Response r = error_with_retry(429, "rate_limited",
+                                      "too many requests: over this tenant's rate limit",
+                                      std::max<std::int64_t>(1, ms(wait)));
+        r.tenant = who.tenant;
+        co_return r;
+      }
+    }
     auto routing = route(request, who);
     Response r = co_await std::move(routing);
     r.tenant = who.tenant;
@@ -377,7 +281,7 @@ asio::awaitable<Response> Api::handle(Request request) {
 
 asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
   auto target = parse_target(req.target);
-  if (!target) co_return bad_request("the request target is not a valid path");
+  if (!target) co_return bad_request(target.error());
   const std::vector<std::string>& p = target->path;
   const std::string& m = req.method;
   auto not_found = [&] { return error_response(404, "not_found", "no route " + m + " " + req.target); };
@@ -575,28 +479,20 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
     }
 
     if (m != "POST") co_return method_not_allowed();
-    auto body = body_object(req.body, depth);
-    if (!body) co_return body.error();
-    const Fields f{*body};
+    auto body = parse_body(req.body, depth);
+    if (!body) co_return bad_request(body.error());
 
     if (action == "leases") {
       if (auto r = refuse_when_stopping()) co_return *r;
-      auto priority = f.integer("priority", kNormalPriority, kLowestPriority, kCriticalPriority);
-      if (!priority) co_return priority.error();
-      auto timeout = f.integer("timeout_ms", ms(runtime::AcquireArgs{}.timeout), 0, kMaxTimeoutMs);
-      if (!timeout) co_return timeout.error();
-      auto lease_timeout = f.integer("lease_timeout_ms", 0, 0, kMaxTimeoutMs);
-      if (!lease_timeout) co_return lease_timeout.error();
-      auto client_session = f.string("client_session", 256);
-      if (!client_session) co_return client_session.error();
-      auto label = f.string("owner", 256);
-      if (!label) co_return label.error();
+      auto decoded = decode_acquire(*body);
+      if (!decoded) co_return bad_request(decoded.error());
       runtime::AcquireArgs args{
-          .priority = static_cast<int>(*priority),
-          .timeout = std::chrono::milliseconds(*timeout),
-          .client_session = client_session->empty() ? std::string() : scoped(*client_session),
-          .owner = owner ? *owner : *label,
-          .lease_timeout = std::chrono::milliseconds(*lease_timeout)};
+          .priority = decoded->priority,
+          .client_session =
+              decoded->client_session.empty() ? std::string() : scoped(decoded->client_session),
+          .owner = owner ? *owner : decoded->owner,
+          .lease_timeout = decoded->lease_timeout};
+      if (decoded->timeout) args.timeout = *decoded->timeout;  // else the runtime's default
       auto acquiring = runner.acquire(std::move(args), asio::use_awaitable);
       auto grant = co_await std::move(acquiring);
       if (!grant) co_return error_response(grant.error());
@@ -610,22 +506,16 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
 
     if (action == "execute") {
       if (auto r = refuse_when_stopping()) co_return *r;
-      auto priority = f.integer("priority", kNormalPriority, kLowestPriority, kCriticalPriority);
-      if (!priority) co_return priority.error();
-      auto timeout = f.integer("timeout_ms", ms(runtime::AcquireArgs{}.timeout), 0, kMaxTimeoutMs);
-      if (!timeout) co_return timeout.error();
-      auto execute_timeout = f.integer("execute_timeout_ms", 0, 0, kMaxTimeoutMs);
-      if (!execute_timeout) co_return execute_timeout.error();
-      auto client_session = f.string("client_session", 256);
-      if (!client_session) co_return client_session.error();
-      const json::value* params = body->if_contains("params");
+      auto decoded = decode_one_shot_execute(*body);
+      if (!decoded) co_return bad_request(decoded.error());
       runtime::AcquireArgs args{
-          .priority = static_cast<int>(*priority),
-          .timeout = std::chrono::milliseconds(*timeout),
-          .client_session = client_session->empty() ? std::string() : scoped(*client_session),
+          .priority = decoded->priority,
+          .client_session =
+              decoded->client_session.empty() ? std::string() : scoped(decoded->client_session),
           .owner = owner ? *owner : std::string()};
-      runtime::ExecuteRequest request{.params = params == nullptr ? "null" : json_text(*params),
-                                      .timeout = std::chrono::milliseconds(*execute_timeout)};
+      if (decoded->timeout) args.timeout = *decoded->timeout;  // else the runtime's default
+      runtime::ExecuteRequest request{.params = std::move(decoded->params),
+                                      .timeout = decoded->execute_timeout};
       auto running = runner.run(std::move(args), std::move(request), asio::use_awaitable);
       auto reply = co_await std::move(running);
       if (!reply) co_return error_response(reply.error());
@@ -634,12 +524,10 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
 
     if (action == "reservations") {
       if (auto r = refuse_when_stopping()) co_return *r;
-      auto ttl = f.integer("ttl_ms", 3600000, 1, kMaxTimeoutMs);
-      if (!ttl) co_return ttl.error();
-      auto label = f.string("owner", 256);
-      if (!label) co_return label.error();
-      const std::string who = owner ? *owner : *label;
-      const TimePoint expires = real_clock().now() + std::chrono::milliseconds(*ttl);
+      auto decoded = decode_reservation(*body);
+      if (!decoded) co_return bad_request(decoded.error());
+      const std::string who = owner ? *owner : decoded->owner;
+      const TimePoint expires = real_clock().now() + decoded->ttl;
       auto reserving = runner.with_core<std::expected<core::ReservationInfo, Error>>(
           [who, expires](core::PoolCore& c, TimePoint now, core::Output& out) {
             return c.reserve(who, expires, now, out);
@@ -658,10 +546,9 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
     if (auto r = admin_only()) co_return *r;
     std::function<std::expected<void, Error>(core::PoolCore&, TimePoint, core::Output&)> control;
     if (action == "scale") {
-      auto target_size = f.integer("target", -1, 0, 100000);
-      if (!target_size) co_return target_size.error();
-      if (*target_size < 0) co_return bad_request("target: is required");
-      const int t = static_cast<int>(*target_size);
+      auto decoded = decode_scale(*body);
+      if (!decoded) co_return bad_request(decoded.error());
+      const int t = decoded->target;
       control = [t](core::PoolCore& c, TimePoint now, core::Output& out) { return c.scale(t, now, out); };
     } else if (action == "pause") {
       control = [](core::PoolCore& c, TimePoint now, core::Output& out) -> std::expected<void, Error> {
@@ -679,10 +566,10 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
         return {};
       };
     } else if (action == "autoscale") {
-      auto enabled = f.boolean("enabled", true);
-      if (!enabled) co_return enabled.error();
-      pl.autoscale->store(*enabled);
-      co_return json_response(200, json::object{{"pool", name}, {"autoscale", *enabled}});
+      auto decoded = decode_autoscale(*body);
+      if (!decoded) co_return bad_request(decoded.error());
+      pl.autoscale->store(decoded->enabled);
+      co_return json_response(200, json::object{{"pool", name}, {"autoscale", decoded->enabled}});
     } else {
       co_return not_found();
     }
@@ -703,26 +590,25 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
     if (pool == nullptr || !may_use(caller, id->first)) {
       co_return error_response(Error(ErrorCode::kUnknownLease, "no such lease"));
     }
-    auto body = body_object(req.body, depth);
-    if (!body) co_return body.error();
-    const Fields f{*body};
+    auto body = parse_body(req.body, depth);
+    if (!body) co_return bad_request(body.error());
     if (p.size() == 3) {
       if (m != "DELETE") co_return method_not_allowed();
-      auto broken = f.boolean("broken", false);
-      if (!broken) co_return broken.error();
+      auto decoded = decode_release(*body);
+      if (!decoded) co_return bad_request(decoded.error());
       auto releasing = pool->runner->release(
-          id->second, owner, *broken ? core::ReleaseOutcome::kBroken : core::ReleaseOutcome::kOk,
+          id->second, owner,
+          decoded->broken ? core::ReleaseOutcome::kBroken : core::ReleaseOutcome::kOk,
           asio::use_awaitable);
       auto released = co_await std::move(releasing);
       if (!released) co_return error_response(released.error());
       co_return json_response(200, json::object{{"lease", p[2]}, {"released", true}});
     }
     if (m != "POST") co_return method_not_allowed();
-    auto execute_timeout = f.integer("timeout_ms", 0, 0, kMaxTimeoutMs);
-    if (!execute_timeout) co_return execute_timeout.error();
-    const json::value* params = body->if_contains("params");
-    runtime::ExecuteRequest request{.params = params == nullptr ? "null" : json_text(*params),
-                                    .timeout = std::chrono::milliseconds(*execute_timeout)};
+    auto decoded = decode_lease_execute(*body);
+    if (!decoded) co_return bad_request(decoded.error());
+    runtime::ExecuteRequest request{.params = std::move(decoded->params),
+                                    .timeout = decoded->timeout};
     auto executing = pool->runner->execute(id->second, owner, std::move(request), asio::use_awaitable);
     auto reply = co_await std::move(executing);
     if (!reply) co_return error_response(reply.error());
@@ -757,11 +643,11 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
     if (pool == nullptr || !may_use(caller, id->first)) {
       co_return error_response(Error(ErrorCode::kUnknownReservation, "no such reservation"));
     }
-    auto body = body_object(req.body, depth);
-    if (!body) co_return body.error();
-    auto label = Fields{*body}.string("owner", 256);
-    if (!label) co_return label.error();
-    const std::string who = owner ? *owner : *label;
+    auto body = parse_body(req.body, depth);
+    if (!body) co_return bad_request(body.error());
+    auto decoded = decode_cancel_reservation(*body);
+    if (!decoded) co_return bad_request(decoded.error());
+    const std::string who = owner ? *owner : decoded->owner;
     const core::ReservationId rid = id->second;
     auto cancelling = pool->runner->with_core<std::expected<void, Error>>(
         [rid, who](core::PoolCore& c, TimePoint now, core::Output& out) {
@@ -775,15 +661,12 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
 
   // /v1/client-sessions/{id}?pool=NAME
   if (p[1] == "client-sessions" && p.size() == 3) {
-    if (p[2].empty() || p[2].size() > 256) co_return bad_request("a client session id is 1 to 256 characters");
-    std::string pool_name;
-    if (auto it = target->query.find("pool"); it != target->query.end()) {
-      pool_name = it->second;
-    } else if (pools_.size() == 1) {
-      pool_name = pools_.begin()->first;
-    } else {
-      co_return bad_request("pool: name the pool (?pool=NAME) when the daemon has more than one");
-    }
+    if (auto valid = check_client_session_id(p[2]); !valid) co_return bad_request(valid.error());
+    std::optional<std::string_view> only_pool;
+    if (pools_.size() == 1) only_pool = pools_.begin()->first;
+    auto chosen = client_session_pool(*target, only_pool);
+    if (!chosen) co_return bad_request(chosen.error());
+    const std::string& pool_name = *chosen;
     auto pool = pool_named(pool_name);
     if (!pool) co_return pool.error();
     const std::string key = scoped(p[2]);
@@ -808,10 +691,11 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
     }
     if (m == "PUT") {
       if (auto r = refuse_when_stopping()) co_return *r;
-      auto body = body_object(req.body, depth);
-      if (!body) co_return body.error();
-      const json::value* doc = body->if_contains("document");
-      std::string text = doc == nullptr ? std::string() : json_text(*doc);
+      auto body = parse_body(req.body, depth);
+      if (!body) co_return bad_request(body.error());
+      auto decoded = decode_client_session(*body);
+      if (!decoded) co_return bad_request(decoded.error());
+      std::string text = std::move(decoded->document);
       auto putting = (*pool)->runner->with_core<std::expected<core::ClientSessionInfo, Error>>(
           [key, text = std::move(text)](core::PoolCore& c, TimePoint now, core::Output&) {
             return c.put_client_session(key, text, now);

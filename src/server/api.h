@@ -13,9 +13,13 @@
 // tenant. handle() is a coroutine; cancelling it (the client went away) takes
 // a waiting acquire out of its pool's queue.
 //
+// Each tenant's requests are rate limited (server.rate_limit, rate_burst;
+// 429 rate_limited with Retry-After above them); /health without a token is not.
+//
 // Thread-safety: handle() may run concurrently from any executor; the
 // runners are thread-safe and the Api's own state is immutable after
-// construction, except for the autoscale flags, which are atomic.
+// construction, except for the autoscale flags, which are atomic, and the
+// rate limiter, which locks per tenant.
 //
 //   Api api(config, runners);
 //   Request request{.method = "GET", .target = "/v1/pools", .authorization = "Bearer ..."};
@@ -36,6 +40,7 @@
 
 #include "runtime/pool_runner.h"
 #include "server/config.h"
+#include "server/rate_limiter.h"
 
 namespace poolkeeper::server {
 
@@ -82,6 +87,7 @@ class Api {
   bool may_use(const Caller& caller, std::string_view pool) const;
 
   DaemonConfig config_;
+  RateLimiter limiter_;
   std::map<std::string, Pool, std::less<>> pools_;
   std::atomic<bool> shutting_down_{false};
   TimePoint started_{};

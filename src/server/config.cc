@@ -288,6 +288,8 @@ std::vector<Field> tenant_fields(TenantConfig& t, TenantFields& f) {
       {"token_env", string(f.token_env)},
       {"admin", boolean(t.admin)},
       {"pools", strings(t.pools)},
+      {"rate_limit", real(t.rate_limit, 0, 1e9)},
+      {"rate_burst", integer(t.rate_burst, 1)},
   };
 }
 

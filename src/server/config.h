@@ -74,6 +74,8 @@ struct TenantConfig {
   std::array<std::uint8_t, 32> token_sha256{};  // never the token itself
   bool admin = false;                           // scale, pause, drain, emergency stop
   std::vector<std::string> pools;               // pools it may use; empty: all
+  double rate_limit = -1;                       // requests a second; negative: the server's
+  int rate_burst = 0;                           // 0: the server's
 
   bool operator==(const TenantConfig&) const = default;
 };

@@ -136,6 +136,28 @@ TEST_F(ApiTest, DecodesBodies) {
   EXPECT_GT(r.retry_after_seconds, 0);
 }
 
+
+// Verifies the per-tenant rate limit: a tenant over its burst (refilling far
+// slower than the test runs) gets 429 rate_limited with Retry-After, another
+// tenant with its own limit does not, nor does /health without a token.
+TEST_F(ApiTest, RateLimitsEachTenant) {
+  DaemonConfig limited = config_;
+  limited.server.rate_limit = 0.001;  // one request every 1000 s
+  limited.server.rate_burst = 3;
+  limited.tenants[1].rate_limit = 0;  // root: unlimited
+  api_ = std::make_unique<Api>(limited, std::vector<std::shared_ptr<runtime::PoolRunner>>{runner_});
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(call("GET", "/v1/pools").status, 200) << i;
+  Response r = call("GET", "/v1/pools");
+  EXPECT_EQ(r.status, 429) << r.body;
+  EXPECT_EQ(code_of(r), "rate_limited");
+  EXPECT_GE(r.retry_after_seconds, 900);
+  EXPECT_EQ(r.tenant, "t");
+  EXPECT_EQ(call("POST", "/v1/pools/w/leases", "{}").status, 429) << "every route counts";
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_EQ(call("GET", "/v1/pools", {}, kAdminToken).status, 200) << i;
+    EXPECT_EQ(call("GET", "/health", {}, "").status, 200) << i;
+  }
+}
 // Verifies the HTTP status of every error code (docs/api.md).
 TEST(ApiStatusTest, MapsEveryErrorCode) {
   EXPECT_EQ(http_status(ErrorCode::kAcquireTimeout), 503);
