@@ -1,9 +1,11 @@
 #include "server/request.h"
 
-#include <boost/json/parse.hpp>
+#include <boost/json/basic_parser_impl.hpp>
 #include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
+#include <boost/json/value_stack.hpp>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <limits>
@@ -17,6 +19,107 @@ using std::chrono::milliseconds;
 std::unexpected<DecodeError> refuse(std::string message) {
   return std::unexpected(DecodeError{.status = 400, .message = std::move(message)});
 }
+
+// Builds the value as Boost.JSON's own parser does, and refuses an object
+// that repeats a key: JSON leaves such an object's meaning open (Boost.JSON
+// keeps the last value, other parsers the first), so a body that holds one is
+// answered with 400 rather than read one way of several.
+constexpr std::size_t kShownKeyLength = 64;
+
+// The longest prefix of UTF-8 text s of at most n bytes that ends on a
+// character boundary.
+std::string_view utf8_prefix(std::string_view s, std::size_t n) {
+  if (s.size() <= n) return s;
+  while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
+  return s.substr(0, n);
+}
+
+class BodyBuilder {
+ public:
+  static constexpr std::size_t max_object_size = json::object::max_size();
+  static constexpr std::size_t max_array_size = json::array::max_size();
+  static constexpr std::size_t max_key_size = json::string::max_size();
+  static constexpr std::size_t max_string_size = json::string::max_size();
+
+  BodyBuilder() { stack_.reset(); }
+
+  const std::optional<std::string>& duplicate() const { return duplicate_; }
+  json::value release() { return stack_.release(); }
+
+  bool on_document_begin(json::error_code&) { return true; }
+  bool on_document_end(json::error_code&) { return true; }
+  bool on_object_begin(json::error_code&) {
+    if (open_ == keys_.size()) keys_.emplace_back();
+    keys_[open_++].clear();
+    return true;
+  }
+  bool on_object_end(std::size_t n, json::error_code& ec) {
+    std::vector<std::string>& keys = keys_[--open_];
+    std::ranges::sort(keys);
+    if (auto twin = std::ranges::adjacent_find(keys); twin != keys.end()) {
+      duplicate_ = *twin;
+      ec = json::error::syntax;
+      return false;
+    }
+    stack_.push_object(n);
+    return true;
+  }
+  bool on_array_begin(json::error_code&) { return true; }
+  bool on_array_end(std::size_t n, json::error_code&) {
+    stack_.push_array(n);
+    return true;
+  }
+  bool on_key_part(json::string_view s, std::size_t, json::error_code&) {
+    key_.append(s.data(), s.size());
+    stack_.push_chars(s);
+    return true;
+  }
+  bool on_key(json::string_view s, std::size_t, json::error_code&) {
+    key_.append(s.data(), s.size());
+    keys_[open_ - 1].push_back(std::move(key_));
+    key_.clear();
+    stack_.push_key(s);
+    return true;
+  }
+  bool on_string_part(json::string_view s, std::size_t, json::error_code&) {
+    stack_.push_chars(s);
+    return true;
+  }
+  bool on_string(json::string_view s, std::size_t, json::error_code&) {
+    stack_.push_string(s);
+    return true;
+  }
+  bool on_number_part(json::string_view, json::error_code&) { return true; }
+  bool on_int64(std::int64_t i, json::string_view, json::error_code&) {
+    stack_.push_int64(i);
+    return true;
+  }
+  bool on_uint64(std::uint64_t u, json::string_view, json::error_code&) {
+    stack_.push_uint64(u);
+    return true;
+  }
+  bool on_double(double d, json::string_view, json::error_code&) {
+    stack_.push_double(d);
+    return true;
+  }
+  bool on_bool(bool b, json::error_code&) {
+    stack_.push_bool(b);
+    return true;
+  }
+  bool on_null(json::error_code&) {
+    stack_.push_null();
+    return true;
+  }
+  bool on_comment_part(json::string_view, json::error_code&) { return true; }
+  bool on_comment(json::string_view, json::error_code&) { return true; }
+
+ private:
+  json::value_stack stack_;
+  std::vector<std::vector<std::string>> keys_;  // the keys of each open object
+  std::size_t open_ = 0;
+  std::string key_;
+  std::optional<std::string> duplicate_;
+};
 
 // Whether text is UTF-8 (RFC 3629): no overlong forms, no surrogates,
 // nothing above U+10FFFF.
@@ -193,12 +296,20 @@ std::expected<json::object, DecodeError> parse_body(std::string_view body, int m
   if (body.find_first_not_of(" \t\r\n") == std::string_view::npos) return json::object();
   json::parse_options o;
   o.max_depth = static_cast<std::size_t>(max_depth);
+  json::basic_parser<BodyBuilder> parser(o);
   json::error_code ec;
-  json::value v = json::parse(body, ec, {}, o);
+  const std::size_t used = parser.write_some(false, body.data(), body.size(), ec);
+  if (const auto& key = parser.handler().duplicate()) {
+    const std::string_view shown = utf8_prefix(*key, kShownKeyLength);
+    return refuse("the JSON body repeats the key \"" + std::string(shown) +
+                  (shown.size() < key->size() ? "...\"" : "\"") + " in one object");
+  }
   if (ec == json::error::too_deep) {
     return refuse("the JSON body nests deeper than " + std::to_string(max_depth) + " levels");
   }
+  if (!ec && used < body.size()) ec = json::error::extra_data;
   if (ec) return refuse("the body is not valid JSON: " + ec.message());
+  json::value v = parser.handler().release();
   if (!v.is_object()) return refuse("the body must be a JSON object");
   return std::move(v.get_object());
 }

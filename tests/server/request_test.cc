@@ -113,6 +113,26 @@ TEST(ParseBodyTest, RefusesNestingDeeperThanTheLimit) {
             "the JSON body nests deeper than 64 levels");
 }
 
+// Verifies that an object repeating a key is refused at any depth, naming the
+// key (cut at a character boundary when long), and that equal keys in
+// different objects are fine.
+TEST(ParseBodyTest, RefusesAnObjectThatRepeatsAKey) {
+  EXPECT_EQ(refusal(parse_body(R"({"priority": 1, "priority": 5})", 64)),
+            "the JSON body repeats the key \"priority\" in one object");
+  EXPECT_EQ(refusal(parse_body(R"({"document": {"a": [{"k": 1, "j": 2, "k": 3}]}})", 64)),
+            "the JSON body repeats the key \"k\" in one object");
+  // An escaped spelling is the same key.
+  EXPECT_EQ(refusal(parse_body(R"({"a": 1, "\u0061": 2})", 64)),
+            "the JSON body repeats the key \"a\" in one object");
+  const std::string longkey = std::string(63, 'x') + "\u00e9" + "tail";
+  EXPECT_EQ(refusal(parse_body("{\"" + longkey + "\": 1, \"" + longkey + "\": 2}", 64)),
+            "the JSON body repeats the key \"" + std::string(63, 'x') + "...\" in one object");
+  auto ok = parse_body(R"({"a": {"a": 1}, "b": [{"a": 2}, {"a": 3}], "A": 4})", 64);
+  ASSERT_TRUE(ok.has_value()) << refusal(ok);
+  EXPECT_EQ(ok->size(), 3U);
+  EXPECT_EQ(ok->at("b").as_array().at(1).as_object().at("a").as_int64(), 3);
+}
+
 // Verifies the acquire defaults, with null read as absent.
 TEST(DecodeAcquireTest, DefaultsWhenFieldsAreAbsentOrNull) {
   for (std::string_view body : {"{}", R"({"priority": null, "timeout_ms": null,

@@ -3,9 +3,9 @@
 // does: {"op":"echo","value":...} (the default), "sleep", "crash", "kill_self",
 // "garbage", "invalid_utf8", "unknown_id", "long_line", "no_newline",
 // "close_stdout", "env", "fds", "limits", "pid", "spawn_child", "alloc",
-// "spin", "stderr". With "mark": PATH it first creates that file (the test
-// then knows the request arrived). Command-line flags change how it starts
-// and stops:
+// "spin" (burns "ms" of CPU time), "stderr". With "mark": PATH it first
+// creates that file (the test then knows the request arrived). Command-line
+// flags change how it starts and stops:
 //   --exit-at-start N   exit with code N before anything else
 //   --stderr-at-start T print T to stderr first
 //   --no-ready          never print ready and never answer pings
@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <boost/json.hpp>
@@ -147,9 +148,16 @@ void execute(const json::value& id, const json::value& params) {
     }
     reply(id, m != nullptr);
   } else if (op == "spin") {
-    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(num("ms", 100));
+    // Burns CPU time, not wall time: on a busy machine the spin takes longer
+    // but always uses what was asked for.
+    auto cpu_ns = [] {
+      timespec t{};
+      clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+      return std::int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec;
+    };
+    const std::int64_t until = cpu_ns() + num("ms", 100) * 1'000'000;
     volatile std::uint64_t x = 0;
-    while (std::chrono::steady_clock::now() < until) x = x + 1;
+    while (cpu_ns() < until) x = x + 1;
     reply(id, "spun");
   } else if (op == "stderr") {
     const std::string line(static_cast<std::size_t>(num("bytes", 20)), 'e');
