@@ -1,5 +1,6 @@
 #include "server/api.h"
 
+#include <boost/asio/detached.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/json.hpp>
@@ -496,12 +497,26 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
       auto acquiring = runner.acquire(std::move(args), asio::use_awaitable);
       auto grant = co_await std::move(acquiring);
       if (!grant) co_return error_response(grant.error());
+      // A lease that never reaches its client would be held until its lease
+      // timeout (or for ever): it goes back to the pool instead. That is the
+      // case when the client went away as the grant crossed its cancellation,
+      // and when the answer cannot be written.
+      auto give_back = [held_by = pl.runner, lease = grant->lease] {
+        held_by->release(lease, std::nullopt, core::ReleaseOutcome::kOk, asio::detached);
+      };
+      const asio::cancellation_state cancellation = co_await asio::this_coro::cancellation_state;
+      if (cancellation.cancelled() != asio::cancellation_type::none) {
+        give_back();
+        co_return error_response(Error(ErrorCode::kCancelled, "the caller went away"));
+      }
       json::object o{{"lease", lease_text(name, grant->lease)},
                      {"pool", name},
                      {"session", grant->session},
                      {"expires_at", wall_json(grant->expires_at)},
                      {"connect", grant->connect}};
-      co_return json_response(201, o);
+      Response granted = json_response(201, o);
+      granted.undelivered = std::move(give_back);
+      co_return granted;
     }
 
     if (action == "execute") {

@@ -32,6 +32,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -57,6 +58,9 @@ struct Response {
   std::string content_type = "application/json";
   int retry_after_seconds = 0;  // a Retry-After header when positive
   std::string tenant{};         // who asked, for the request log (never sent)
+  // Run by the server when the answer could not be written to the client:
+  // undoes what the request did for it (a granted lease goes back).
+  std::function<void()> undelivered{};
 };
 
 class Api {

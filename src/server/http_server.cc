@@ -287,9 +287,11 @@ struct HttpServer::State : std::enable_shared_from_this<HttpServer::State> {
                  {"status", std::to_string(r.status)},
                  {"tenant", r.tenant},
                  {"latency_us", latency}});
+      std::function<void()> undelivered = std::move(r.undelivered);
       auto res = http_response(std::move(r), version, again);
       auto sending = send(stream, res);
       const bool sent = co_await std::move(sending);
+      if (!sent && undelivered) undelivered();
       if (!sent || !again) break;
     }
     boost::system::error_code ignored;

@@ -4,7 +4,11 @@
 
 #include <gtest/gtest.h>
 
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/use_future.hpp>
 #include <boost/json.hpp>
 
@@ -67,6 +71,15 @@ class ApiTest : public ::testing::Test {
               .body = std::move(body)};
     auto f = asio::co_spawn(io_.executor(), api_->handle(std::move(r)), asio::use_future);
     return f.get();
+  }
+
+  // A number from GET /v1/pools/w (top level or sessions_by_state).
+  std::int64_t pool_number(const std::string& key) {
+    Response r = call("GET", "/v1/pools/w");
+    if (r.status != 200) return -1;
+    const json::object o = json::parse(r.body).as_object();
+    if (const json::value* v = o.if_contains(key)) return v->to_number<std::int64_t>();
+    return o.at("sessions_by_state").at(key).to_number<std::int64_t>();
   }
 
   static std::string code_of(const Response& r) {
@@ -158,6 +171,37 @@ TEST_F(ApiTest, RateLimitsEachTenant) {
     EXPECT_EQ(call("GET", "/health", {}, "").status, 200) << i;
   }
 }
+// Verifies that a lease granted to a waiting acquire whose client goes away
+// at that moment goes back to the pool instead of being held for nobody: on
+// the io thread, in one step, a release hands the session to the waiter and
+// the client's cancellation follows, so the grant crosses the cancellation.
+TEST_F(ApiTest, GrantCrossingTheClientsDepartureGoesBackToThePool) {
+  Response held = call("POST", "/v1/pools/w/leases", "{}");
+  ASSERT_EQ(held.status, 201) << held.body;
+  const std::string id(json::parse(held.body).at("lease").as_string());
+  const LeaseId lease = std::stoull(id.substr(id.rfind('.') + 1));
+
+  asio::cancellation_signal gone;
+  Request r{.method = "POST",
+            .target = "/v1/pools/w/leases",
+            .authorization = "Bearer " + kToken,
+            .body = R"({"timeout_ms": 60000})"};
+  auto waiting = asio::co_spawn(io_.executor(), api_->handle(std::move(r)),
+                                asio::bind_cancellation_slot(gone.slot(), asio::use_future));
+  ASSERT_TRUE(wait_until([&] { return pool_number("queue_length") == 1; }));
+  asio::post(io_.io(), [&] {
+    runner_->release(lease, std::nullopt, core::ReleaseOutcome::kOk, asio::detached);
+    gone.emit(asio::cancellation_type::terminal);
+  });
+  ASSERT_EQ(waiting.wait_for(60s), std::future_status::ready);
+  Response answer = waiting.get();
+  EXPECT_EQ(answer.status, 503) << answer.body;
+  EXPECT_EQ(code_of(answer), "cancelled");
+  // Nothing is left leased: the next acquire gets the session.
+  ASSERT_TRUE(wait_until([&] { return pool_number("leased") == 0; }));
+  EXPECT_EQ(call("POST", "/v1/pools/w/leases", "{}").status, 201);
+}
+
 // Verifies the HTTP status of every error code (docs/api.md).
 TEST(ApiStatusTest, MapsEveryErrorCode) {
   EXPECT_EQ(http_status(ErrorCode::kAcquireTimeout), 503);
