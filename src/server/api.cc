@@ -70,6 +70,8 @@ json::object stats_json(const PoolStats& st) {
   o["sessions"] = st.sessions;
   o["sessions_by_state"] = std::move(by_state);
   o["target"] = st.target;
+  o["min"] = st.min;
+  o["max"] = st.max;
   o["queue_length"] = st.queue_length;
   o["paused"] = st.paused;
   o["draining"] = st.draining;

@@ -673,6 +673,9 @@ TEST(DaemonReloadTest, SighupAppliesSizesAndKeepsLeases) {
     return r.status == 200 && r.json().at("target").as_int64() == 2 &&
            r.json().at("sessions").as_int64() == 2;
   }));
+  HttpResult sizes = c.request("GET", "/v1/pools/tiny", {}, kRoot);
+  EXPECT_EQ(sizes.json().at("min").as_int64(), 2);
+  EXPECT_EQ(sizes.json().at("max").as_int64(), 3);
   HttpResult run = c.request("POST", "/v1/leases/" + held + "/execute", R"({"params": 1})", kAlice);
   EXPECT_EQ(run.status, 200) << run.body;
   EXPECT_EQ(c.request("DELETE", "/v1/leases/" + held, {}, kAlice).status, 200);
