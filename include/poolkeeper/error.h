@@ -44,6 +44,7 @@ enum class ErrorCode : std::uint8_t {
   kProtocolError,          // the session answered something that breaks its protocol
   kExecuteTimeout,         // the session did not answer a request in time
   kNotSupported,           // the session's driver cannot do this (e.g. execute)
+  kStoreUnavailable,       // the durable store could not commit (I/O error, disk full)
   kInternal,               // a bug: an unexpected exception was caught at a boundary
 };
 

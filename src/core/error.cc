@@ -33,6 +33,7 @@ std::string_view to_string(ErrorCode code) {
     case ErrorCode::kProtocolError: return "protocol_error";
     case ErrorCode::kExecuteTimeout: return "execute_timeout";
     case ErrorCode::kNotSupported: return "not_supported";
+    case ErrorCode::kStoreUnavailable: return "store_unavailable";
     case ErrorCode::kInternal: return "internal";
   }
   return "unknown";

@@ -152,6 +152,7 @@ int http_status(ErrorCode code) {
     case ErrorCode::kShutdown:
     case ErrorCode::kCancelled:
     case ErrorCode::kNoCapacity:
+    case ErrorCode::kStoreUnavailable:
       return 503;
   }
   return 500;
