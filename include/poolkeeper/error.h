@@ -45,6 +45,7 @@ enum class ErrorCode : std::uint8_t {
   kExecuteTimeout,         // the session did not answer a request in time
   kNotSupported,           // the session's driver cannot do this (e.g. execute)
   kStoreUnavailable,       // the durable store could not commit (I/O error, disk full)
+  kBudgetExceeded,         // a budget is spent: no new sessions, and none live to reuse
   kInternal,               // a bug: an unexpected exception was caught at a boundary
 };
 

@@ -84,6 +84,7 @@ struct PoolStats {
   bool paused = false;
   bool draining = false;
   bool emergency_stopped = false;
+  bool budget_exceeded = false;  // a spent budget stops new sessions
 
   std::uint64_t acquisitions = 0;       // leases granted
   std::uint64_t immediate = 0;          // granted without waiting

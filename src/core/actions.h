@@ -79,6 +79,8 @@ enum class EventType : std::uint8_t {
   kReservationCreated,
   kReservationEnded,
   kReconfigured,    // a new configuration applies (value: the target size)
+  kBudgetExceeded,  // no new sessions until the budget allows (detail: which budget)
+  kBudgetRestored,
 };
 std::string_view to_string(EventType type);
 

@@ -34,6 +34,7 @@ std::string_view to_string(ErrorCode code) {
     case ErrorCode::kExecuteTimeout: return "execute_timeout";
     case ErrorCode::kNotSupported: return "not_supported";
     case ErrorCode::kStoreUnavailable: return "store_unavailable";
+    case ErrorCode::kBudgetExceeded: return "budget_exceeded";
     case ErrorCode::kInternal: return "internal";
   }
   return "unknown";
@@ -99,6 +100,8 @@ std::string_view to_string(EventType type) {
     case EventType::kReservationCreated: return "reservation_created";
     case EventType::kReservationEnded: return "reservation_ended";
     case EventType::kReconfigured: return "reconfigured";
+    case EventType::kBudgetExceeded: return "budget_exceeded";
+    case EventType::kBudgetRestored: return "budget_restored";
   }
   return "unknown";
 }

@@ -167,10 +167,12 @@ void PoolCore::idle_remove(Slot& s) {
   --idle_unreserved_;
 }
 
-int PoolCore::floor() const { return target_; }
+int PoolCore::floor() const { return budget_exceeded_ ? 0 : target_; }
+
+int PoolCore::min_idle() const { return budget_exceeded_ ? 0 : config_.min_idle; }
 
 bool PoolCore::can_start_one(bool for_demand) const {
-  if (modes_.shutdown || modes_.draining) return false;
+  if (modes_.shutdown || modes_.draining || budget_exceeded_) return false;
   if (by_state_[static_cast<int>(SessionState::kStarting)] >= config_.max_starting) return false;
   const int limit = config_.max + (for_demand ? config_.overflow : 0);
   if (live_ + closing_ >= limit) return false;
@@ -318,7 +320,7 @@ std::optional<StopReason> PoolCore::retire_reason(const Slot& s, TimePoint now) 
     // After a scale-down, sessions above the target close as they come back.
     if (live_ <= target_) {
       shrinking_ = false;
-    } else if (idle_unreserved_ >= config_.min_idle) {
+    } else if (idle_unreserved_ >= min_idle()) {
       return StopReason::kScaledDown;
     }
   }
@@ -614,12 +616,17 @@ std::expected<AcquireOutcome, Error> PoolCore::acquire(const AcquireRequest& r, 
     AcquireOutcome o;
     o.granted = true;
     o.grant = lease_to(*s, r, now, now, &out);
-    if (config_.min_idle > 0) ensure_capacity(now, out);
+    if (min_idle() > 0) ensure_capacity(now, out);
     if (config_.handoff_after.count() > 0) trim_idle(now, out);  // held for waiters now served
     return o;
   }
 
-  // No idle session: wait.
+  // No idle session: wait, unless nothing live can serve and the budget
+  // forbids starting one.
+  if (budget_exceeded_ && live_ == 0) {
+    ++counters_.rejections;
+    return std::unexpected(Error(ErrorCode::kBudgetExceeded, budget_why_));
+  }
   if (r.deadline <= now) {
     ++counters_.timeouts;
     return std::unexpected(Error(ErrorCode::kAcquireTimeout, "no idle session and no time to wait"));
@@ -786,7 +793,7 @@ void PoolCore::ensure_capacity(TimePoint now, Output& out) {
   // Idle sessions cover waiters too (with handoff_after one may be held for a
   // woken waiter; with strict handoff none is idle while waiters queue).
   const int for_demand = demand - coming - idle_unreserved_;
-  const int for_idle = config_.min_idle - (idle_unreserved_ + coming - demand);
+  const int for_idle = min_idle() - (idle_unreserved_ + coming - demand);
   const int for_floor = floor() - live_;
   const int want = std::max({for_demand, for_idle, for_floor});
   for (int i = 0; i < want; ++i) {
@@ -878,6 +885,7 @@ void PoolCore::session_start_failed(SessionId session, std::string_view error, T
        consecutive_start_failures_);
   free_slot(*s, now, StopReason::kStartFailed, out);
   maybe_finish_drain(now, out);
+  reject_unservable(now, out);
 }
 
 void PoolCore::session_stopped(SessionId session, TimePoint now, Output& out) {
@@ -886,6 +894,29 @@ void PoolCore::session_stopped(SessionId session, TimePoint now, Output& out) {
   free_slot(*s, now, s->stop_reason, out);
   ensure_capacity(now, out);
   maybe_finish_drain(now, out);
+  reject_unservable(now, out);
+}
+
+void PoolCore::set_budget_exceeded(bool exceeded, std::string why, TimePoint now, Output& out) {
+  if (exceeded == budget_exceeded_) {
+    if (exceeded) budget_why_ = std::move(why);
+    return;
+  }
+  budget_exceeded_ = exceeded;
+  budget_why_ = std::move(why);
+  emit(out, exceeded ? EventType::kBudgetExceeded : EventType::kBudgetRestored, now, 0, 0,
+       budget_why_);
+  if (exceeded) {
+    reject_unservable(now, out);
+  } else {
+    ensure_capacity(now, out);
+  }
+}
+
+// With the budget spent and no session live, waiters wait for nothing.
+void PoolCore::reject_unservable(TimePoint now, Output& out) {
+  if (!budget_exceeded_ || live_ > 0 || queue_.empty()) return;
+  reject_all(ErrorCode::kBudgetExceeded, budget_why_, kCriticalPriority + 1, now, out);
 }
 
 void PoolCore::session_exited(SessionId session, std::string_view why, TimePoint now, Output& out) {
@@ -907,6 +938,7 @@ void PoolCore::session_exited(SessionId session, std::string_view why, TimePoint
   free_slot(*s, now, StopReason::kExited, out);
   ensure_capacity(now, out);
   maybe_finish_drain(now, out);
+  reject_unservable(now, out);
 }
 
 void PoolCore::check_result(SessionId session, bool healthy, TimePoint now, Output& out) {
@@ -944,7 +976,7 @@ void PoolCore::trim_idle(TimePoint now, Output& out) {
     stop_session(slot(idle_tail_), StopReason::kOverflow, now, out);
   }
   while (shrinking_ && idle_tail_ != kNil && live_ > target_ &&
-         idle_unreserved_ > config_.min_idle) {
+         idle_unreserved_ > min_idle()) {
     stop_session(slot(idle_tail_), StopReason::kScaledDown, now, out);
   }
   if (shrinking_ && live_ <= target_) shrinking_ = false;
@@ -964,6 +996,7 @@ void PoolCore::expire_waiters(TimePoint now, Output& out) {
 
 void PoolCore::tick(TimePoint now, Output& out) {
   expire_waiters(now, out);
+  reject_unservable(now, out);
 
   // With handoff_after, a waiter may now have waited long enough to be owed a
   // free session. Trimming waits until leases are reclaimed below: a
@@ -1001,7 +1034,7 @@ void PoolCore::tick(TimePoint now, Output& out) {
 
   // Idle timeout: longest idle first, keeping the warm size and min_idle spares.
   if (config_.idle_timeout.count() > 0) {
-    while (idle_tail_ != kNil && live_ > floor() && idle_unreserved_ > config_.min_idle) {
+    while (idle_tail_ != kNil && live_ > floor() && idle_unreserved_ > min_idle()) {
       Slot& s = slot(idle_tail_);
       if (now - s.idle_since < config_.idle_timeout) break;
       stop_session(s, StopReason::kIdleTimeout, now, out);
@@ -1058,7 +1091,7 @@ std::expected<void, Error> PoolCore::scale(int target, TimePoint now, Output& ou
   // min_idle spares); busy ones when they come back (make_idle).
   // Idle sessions may be held for waiters (handoff_after): keep those, and the
   // spares on top of them.
-  const int keep_idle = config_.min_idle + static_cast<int>(queue_.size());
+  const int keep_idle = min_idle() + static_cast<int>(queue_.size());
   while (live_ > target_ && idle_tail_ != kNil && idle_unreserved_ > keep_idle) {
     stop_session(slot(idle_tail_), StopReason::kScaledDown, now, out);
   }
@@ -1472,6 +1505,7 @@ PoolStats PoolCore::stats() const {
   st.paused = modes_.paused;
   st.draining = modes_.draining || modes_.shutdown;
   st.emergency_stopped = modes_.emergency;
+  st.budget_exceeded = budget_exceeded_;
   st.min = config_.min;
   st.max = config_.max;
   const int usable = by_state_[static_cast<int>(SessionState::kIdle)] +

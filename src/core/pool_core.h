@@ -176,6 +176,12 @@ class PoolCore {
   void pause(TimePoint now, Output& out);
   void resume(TimePoint now, Output& out);
   void drain(TimePoint now, Output& out);
+  // A spent budget (the caller keeps the books): no session starts, idle
+  // sessions are not kept above zero (min, min_idle) and leave by the idle
+  // timeout, acquires reuse live sessions, and when none is live they are
+  // refused with budget_exceeded and `why`. false restores the pool.
+  void set_budget_exceeded(bool exceeded, std::string why, TimePoint now, Output& out);
+  bool budget_exceeded() const { return budget_exceeded_; }
   void emergency_stop(TimePoint now, Output& out);
   void emergency_resume(TimePoint now, Output& out);
   // Answers every waiter (kShutdown), refuses new acquires and stops every
@@ -257,6 +263,8 @@ class PoolCore {
   void reject_waiter(WaiterId id, Error error, TimePoint now, Output& out);
   void reject_all(ErrorCode code, std::string_view why, int below_priority, TimePoint now,
                   Output& out);
+  void reject_unservable(TimePoint now, Output& out);
+  int min_idle() const;
   Duration predict_wait(int position) const;
   // True when a new acquire of `priority` must not take a free session ahead
   // of the queue: with handoff_after, once the first waiter has waited that
@@ -333,6 +341,8 @@ class PoolCore {
   static_assert(sizeof(Modes) == 4);
   Modes modes_;
   bool drain_announced_ = false;
+  bool budget_exceeded_ = false;  // no session starts; idle ones are not kept
+  std::string budget_why_;
   TimePoint leases_until_ = TimePoint::max();  // after shutdown: leases held then are reclaimed
   bool fast_paths_ = false;  // the config allows try_acquire_fast / try_release_fast
   int batch_depth_ = 0;      // >0: capacity is settled once at the end of a batch

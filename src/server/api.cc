@@ -76,6 +76,7 @@ json::object stats_json(const PoolStats& st) {
   o["paused"] = st.paused;
   o["draining"] = st.draining;
   o["emergency_stopped"] = st.emergency_stopped;
+  o["budget_exceeded"] = st.budget_exceeded;
   o["acquisitions"] = st.acquisitions;
   o["immediate"] = st.immediate;
   o["releases"] = st.releases;
@@ -153,6 +154,7 @@ int http_status(ErrorCode code) {
     case ErrorCode::kCancelled:
     case ErrorCode::kNoCapacity:
     case ErrorCode::kStoreUnavailable:
+    case ErrorCode::kBudgetExceeded:
       return 503;
   }
   return 500;

@@ -188,6 +188,9 @@ class CoreHarness {
   void emergency_resume() {
     call([&](Output& o) { core_->emergency_resume(now(), o); });
   }
+  void set_budget_exceeded(bool exceeded, std::string why = "daily budget spent") {
+    call([&](Output& o) { core_->set_budget_exceeded(exceeded, std::move(why), now(), o); });
+  }
   void shutdown(TimePoint leases_until = TimePoint::max()) {
     call([&](Output& o) { core_->shutdown(now(), o, leases_until); });
   }
