@@ -151,6 +151,7 @@ void answer(const Done& done, std::expected<void, Error> r) {
 std::int64_t as_i64(std::uint64_t v) { return static_cast<std::int64_t>(v); }
 
 constexpr int kBusyTimeoutMs = 5000;
+constexpr std::size_t kKeptFailures = 4096;
 
 // Copies the WAL into the file and truncates it. It never waits: a reader
 // still on an old snapshot keeps the frames it needs (SQLITE_BUSY), and the
@@ -247,7 +248,8 @@ void Store::write(std::vector<Record> records, Done done) {
   {
     std::lock_guard lock(mu_);
     if (!closing_) {
-      jobs_.push_back(Job{.records = std::move(records), .fn = {}, .done = std::move(done)});
+      jobs_.push_back(
+          Job{.records = std::move(records), .fn = {}, .done = std::move(done), .seq = next_seq_++});
       wake_.notify_one();
       return;
     }
@@ -255,11 +257,35 @@ void Store::write(std::vector<Record> records, Done done) {
   answer(done, std::unexpected(Error(ErrorCode::kShutdown, "the store is closed")));
 }
 
+std::uint64_t Store::mark() const {
+  std::lock_guard lock(mu_);
+  return next_seq_ - 1;
+}
+
+void Store::sync(std::uint64_t since, Done done) {
+  std::uint64_t before = 0;
+  {
+    std::lock_guard lock(mu_);
+    before = next_seq_;
+  }
+  // A query runs after every job queued before it.
+  auto outcome = std::make_shared<std::expected<void, Error>>();
+  query(
+      [this, since, before, outcome](Db&) {
+        std::lock_guard lock(mu_);
+        auto it = failed_.upper_bound(since);
+        if (it != failed_.end() && it->first < before) *outcome = std::unexpected(it->second);
+      },
+      [outcome, done = std::move(done)](std::expected<void, Error> r) {
+        answer(done, r ? *outcome : r);
+      });
+}
+
 void Store::query(std::function<void(Db&)> fn, Done done) {
   {
     std::lock_guard lock(mu_);
     if (!closing_) {
-      jobs_.push_back(Job{.records = {}, .fn = std::move(fn), .done = std::move(done)});
+      jobs_.push_back(Job{.records = {}, .fn = std::move(fn), .done = std::move(done), .seq = next_seq_++});
       wake_.notify_one();
       return;
     }
@@ -344,13 +370,15 @@ void Store::commit(std::vector<Job>& batch) {
       }
       return;
     }
-    {
-      std::lock_guard lock(mu_);
-      ++stats_.failed_batches;
-    }
     const Error error = e.is_io() ? unavailable(e)
                                   : Error(ErrorCode::kInternal,
                                           std::string("the store refused the records: ") + e.what());
+    {
+      std::lock_guard lock(mu_);
+      ++stats_.failed_batches;
+      for (const Job& j : batch) failed_.emplace(j.seq, error);
+      while (failed_.size() > kKeptFailures) failed_.erase(failed_.begin());
+    }
     for (const Job& j : batch) answer(j.done, std::unexpected(error));
     return;
   }

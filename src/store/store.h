@@ -32,6 +32,7 @@
 #include <deque>
 #include <expected>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -202,6 +203,15 @@ class Store {
   // SqliteError it may throw is answered as an Error.
   void query(std::function<void(Db&)> fn, Done done);
 
+  // A point in the queue: writes handed to write() before it have a lower
+  // sequence number.
+  std::uint64_t mark() const;
+  // Answers once every write queued before now is done: with success when
+  // none queued after `since` (a mark()) failed, else with that failure. A
+  // request whose effects were written in between waits on this before it
+  // answers, so what it acknowledges is on disk.
+  void sync(std::uint64_t since, Done done);
+
   // Blocking conveniences (tests, the CLI, start-up): wait for the thread.
   std::expected<void, Error> write_sync(std::vector<Record> records);
   std::expected<std::vector<OpenSession>, Error> open_sessions_from_earlier_runs();
@@ -220,6 +230,7 @@ class Store {
     std::vector<Record> records;  // a write when not empty
     std::function<void(Db&)> fn;  // else a query
     Done done;
+    std::uint64_t seq = 0;
   };
 
   Store(StoreOptions options, std::unique_ptr<Db> db, std::int64_t run, int version);
@@ -239,6 +250,10 @@ class Store {
   std::condition_variable wake_;
   std::deque<Job> jobs_;
   bool closing_ = false;
+  std::uint64_t next_seq_ = 1;
+  // Sequence numbers of failed writes, the most recent kKeptFailures, with
+  // the error of each.
+  std::map<std::uint64_t, Error> failed_;
   StoreStats stats_;
   std::thread thread_;
 };

@@ -211,6 +211,37 @@ TEST_F(StoreTest, FailedCommitsLoseNothingAcknowledgedAndRecover) {
   EXPECT_EQ(db.query_integer("SELECT count(*) FROM audit"), acknowledged);
 }
 
+// Verifies sync(): it answers after the writes queued before it, with the
+// failure of any write queued after its mark.
+TEST_F(StoreTest, SyncReportsFailuresSinceItsMark) {
+  auto s = open();
+  auto sync = [&](std::uint64_t since) {
+    std::promise<std::expected<void, Error>> done;
+    s->sync(since, [&](std::expected<void, Error> r) { done.set_value(std::move(r)); });
+    return done.get_future().get();
+  };
+  const std::uint64_t before = s->mark();
+  FaultyVfs::fail(FaultyVfs::Fault::kDiskFull);
+  EXPECT_FALSE(s->write_sync({AuditEntry{.at_ms = kStart, .action = "lost"}}).has_value());
+  FaultyVfs::heal();
+  auto failed = sync(before);
+  ASSERT_FALSE(failed.has_value());
+  EXPECT_EQ(failed.error().code, ErrorCode::kStoreUnavailable);
+  const std::uint64_t after = s->mark();
+  Gate gate(*s);
+  std::atomic<bool> written{false};
+  s->write({AuditEntry{.at_ms = kStart, .action = "kept"}},
+           [&](std::expected<void, Error> r) { written = r.has_value(); });
+  std::promise<std::expected<void, Error>> synced;
+  s->sync(after, [&](std::expected<void, Error> r) {
+    EXPECT_TRUE(written.load()) << "the write queued before the sync is done first";
+    synced.set_value(std::move(r));
+  });
+  gate.release();
+  EXPECT_TRUE(synced.get_future().get().has_value());
+  EXPECT_EQ(count("SELECT count(*) FROM audit"), 1);
+}
+
 // Verifies that a record the schema refuses fails only its own write, not the
 // writes that shared its transaction.
 TEST_F(StoreTest, ARefusedRecordFailsOnlyItsOwnWrite) {
