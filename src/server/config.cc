@@ -15,6 +15,7 @@
 #include <limits>
 #include <optional>
 #include <set>
+#include <cmath>
 #include <sstream>
 #include <utility>
 
@@ -134,6 +135,24 @@ Check real(double& out, double min = -std::numeric_limits<double>::infinity(),
   };
 }
 
+// Dollars (a number, at most $1,000,000) kept as integer micro-dollars.
+Check money(std::int64_t& micros) {
+  return [&micros](const toml::node& n) -> std::optional<std::string> {
+    std::optional<double> v = n.value_exact<double>();
+    if (!v) {
+      if (const auto i = n.value_exact<std::int64_t>()) v = static_cast<double>(*i);
+    }
+    if (!v) return "must be an amount in dollars such as 0.05, got " + type_name(n);
+    if (!(*v >= 0 && *v <= 1e6)) {
+      std::ostringstream os;
+      os << "must be between 0 and 1000000 dollars, got " << *v;
+      return os.str();
+    }
+    micros = std::llround(*v * 1e6);
+    return std::nullopt;
+  };
+}
+
 Check string(std::string& out) {
   return [&out](const toml::node& n) -> std::optional<std::string> {
     const auto v = n.value_exact<std::string>();
@@ -247,6 +266,15 @@ std::vector<Field> pool_fields(PoolEntry& e) {
       {"check_interval", duration(p.check_interval)},
       {"start_backoff_initial", duration(p.start_backoff_initial)},
       {"start_backoff_max", duration(p.start_backoff_max)},
+      // cost and budget
+      {"cost_per_session", money(e.cost.per_session)},
+      {"cost_per_hour_alive", money(e.cost.per_hour_alive)},
+      {"cost_per_hour_leased", money(e.cost.per_hour_leased)},
+      {"cost_per_use", money(e.cost.per_use)},
+      {"budget_daily", money(e.budget.daily)},
+      {"budget_monthly", money(e.budget.monthly)},
+      {"budget_action", choice(e.budget_action, {{"refuse", BudgetAction::kRefuse},
+                                                 {"drain", BudgetAction::kDrain}})},
       // client sessions
       {"client_session_ttl", duration(p.client_session_ttl)},
       {"client_session_cleanup_interval", duration(p.client_session_cleanup_interval)},
@@ -290,6 +318,25 @@ std::vector<Field> tenant_fields(TenantConfig& t, TenantFields& f) {
       {"pools", strings(t.pools)},
       {"rate_limit", real(t.rate_limit, 0, 1e9)},
       {"rate_burst", integer(t.rate_burst, 1)},
+      {"budget_daily", money(t.budget.daily)},
+      {"budget_monthly", money(t.budget.monthly)},
+  };
+}
+
+std::vector<Field> store_fields(StoreConfig& s) {
+  return {
+      {"enabled", boolean(s.enabled)},
+      {"path", string(s.path)},
+      {"retention", duration(s.retention)},
+      {"daily_retention", duration(s.daily_retention)},
+  };
+}
+
+std::vector<Field> budget_fields(BudgetConfig& b) {
+  return {
+      {"daily", money(b.limits.daily)},
+      {"monthly", money(b.limits.monthly)},
+      {"warning", real(b.warning, 0.01, 1)},
   };
 }
 
@@ -299,7 +346,10 @@ const std::vector<std::string>& section_keys(std::string_view section) {
     ServerConfig s;
     std::string listen;
     for (auto& f : server_fields(s, listen)) m["server"].push_back(f.key);
-    m["store"] = {"path"};
+    StoreConfig st;
+    for (auto& f : store_fields(st)) m["store"].push_back(f.key);
+    BudgetConfig b;
+    for (auto& f : budget_fields(b)) m["budget"].push_back(f.key);
     m["log"] = {"level"};
     PoolEntry e;
     for (auto& f : pool_fields(e)) m["pool"].push_back(f.key);
@@ -325,7 +375,8 @@ bool valid_name(std::string_view name) {
 // Keys whose value is text: an environment value for them is never read as
 // a number, a boolean or a date.
 const std::set<std::string, std::less<>> kStringKeys = {
-    "listen", "auth", "path", "level", "driver", "working_dir", "start", "token_sha256", "token_env"};
+    "listen",      "auth",  "path",         "level",     "driver",
+    "working_dir", "start", "token_sha256", "token_env", "budget_action"};
 
 std::string upper_name(std::string_view s) {
   std::string out;
@@ -364,8 +415,10 @@ class Loader {
     config.source = source_;
     for (const auto& [key, node] : root) {
       const std::string k(key.str());
-      if (k != "server" && k != "store" && k != "log" && k != "tenants" && k != "pools") {
-        return fail(where(k, &node) + "unknown section (expected server, store, log, tenants, pools)");
+      if (k != "server" && k != "store" && k != "budget" && k != "log" && k != "tenants" &&
+          k != "pools") {
+        return fail(where(k, &node) +
+                    "unknown section (expected server, store, budget, log, tenants, pools)");
       }
     }
     if (auto ok = load_server(root, config); !ok) return std::unexpected(ok.error());
@@ -479,11 +532,22 @@ class Loader {
   std::expected<void, Error> load_simple(const toml::table& root, DaemonConfig& config) {
     std::optional<Error> bad;
     if (const toml::table* t = section(root, "store", bad)) {
-      if (auto ok = read(*t, "store", {{"path", string(config.store.path)}}); !ok) return ok;
+      if (auto ok = read(*t, "store", store_fields(config.store)); !ok) return ok;
       if (config.store.path.empty()) return fail(where("store.path", t->get("path")) + "must not be empty");
+      if (config.store.retention < std::chrono::hours(1)) {
+        return fail(where("store.retention", t->get("retention")) + "must be at least 1h");
+      }
+      if (config.store.daily_retention < std::chrono::hours(24 * 31)) {
+        return fail(where("store.daily_retention", t->get("daily_retention")) +
+                    "must be at least 31d (a monthly budget reads the month's days)");
+      }
     }
     if (bad) return std::unexpected(*bad);
     config.store.path = resolve(config.store.path);
+    if (const toml::table* t = section(root, "budget", bad)) {
+      if (auto ok = read(*t, "budget", budget_fields(config.budget)); !ok) return ok;
+    }
+    if (bad) return std::unexpected(*bad);
     if (const toml::table* t = section(root, "log", bad)) {
       if (auto ok = read(*t, "log",
                          {{"level", choice(config.log.level, std::vector<std::pair<std::string, std::string>>{
@@ -686,7 +750,8 @@ class Loader {
         problem = named("POOL_", "pools", "pool");
       } else if (rest.starts_with("TENANT_")) {
         problem = named("TENANT_", "tenants", "tenant");
-      } else if (rest.starts_with("SERVER_") || rest.starts_with("STORE_") || rest.starts_with("LOG_")) {
+      } else if (rest.starts_with("SERVER_") || rest.starts_with("STORE_") ||
+                 rest.starts_with("BUDGET_") || rest.starts_with("LOG_")) {
         std::string section_name = rest.substr(0, rest.find('_'));
         for (char& c : section_name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
         const std::string key_upper = rest.substr(rest.find('_') + 1);

@@ -28,6 +28,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/cost.h"
 #include "drivers/process/process_driver.h"
 #include "poolkeeper/clock.h"
 #include "poolkeeper/error.h"
@@ -58,9 +59,20 @@ struct ServerConfig {
 };
 
 struct StoreConfig {
+  bool enabled = true;
   std::string path = "poolkeeper.db";  // SQLite file; relative to the config file's directory
+  Duration retention = std::chrono::hours(24 * 7);         // detail rows
+  Duration daily_retention = std::chrono::hours(24 * 400);  // daily cost totals
 
   bool operator==(const StoreConfig&) const = default;
+};
+
+// The budget over all pools and tenants.
+struct BudgetConfig {
+  core::BudgetLimits limits;  // micro-dollars; 0: none
+  double warning = 0.8;       // the fraction that raises a warning
+
+  bool operator==(const BudgetConfig&) const = default;
 };
 
 struct LogConfig {
@@ -76,20 +88,30 @@ struct TenantConfig {
   std::vector<std::string> pools;               // pools it may use; empty: all
   double rate_limit = -1;                       // requests a second; negative: the server's
   int rate_burst = 0;                           // 0: the server's
+  core::BudgetLimits budget;                    // what its leases may cost (micro-dollars)
 
   bool operator==(const TenantConfig&) const = default;
+};
+
+enum class BudgetAction : std::uint8_t {
+  kRefuse,  // no new sessions; live ones are reused
+  kDrain,   // and the pool drains
 };
 
 struct PoolEntry {
   PoolConfig pool;
   std::string driver = "process";
   drivers::ProcessConfig process;
+  core::CostModel cost;        // micro-dollars
+  core::BudgetLimits budget;   // micro-dollars; 0: none
+  BudgetAction budget_action = BudgetAction::kRefuse;
 };
 
 struct DaemonConfig {
   std::string source;  // the file it came from
   ServerConfig server;
   StoreConfig store;
+  BudgetConfig budget;
   LogConfig log;
   std::vector<TenantConfig> tenants;
   std::vector<PoolEntry> pools;

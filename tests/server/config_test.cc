@@ -112,7 +112,7 @@ TEST(ConfigTest, RefusesBadFilesWithFileLineKeyAndReason) {
             "test.toml:8: pools.py.start: must be one of \"lazy\", \"eager\", got \"soon\"");
   EXPECT_NE(refusal("[server\nlisten = 1\n").find("test.toml:1: "), std::string::npos);
   EXPECT_EQ(refusal("[servr]\n"),
-            "test.toml:1: servr: unknown section (expected server, store, log, tenants, pools)");
+            "test.toml:1: servr: unknown section (expected server, store, budget, log, tenants, pools)");
 }
 
 // Verifies the checks that span keys: a pool needs a command and a known
@@ -233,6 +233,69 @@ TEST(ConfigTest, EnvironmentOverridesKeys) {
   EXPECT_EQ(refusal(kMinimal, {{"POOLKEEPER_POOL_PY_MAX", "0"}}),
             "environment variable POOLKEEPER_POOL_PY_MAX (pools.py.max): must be between 1 and "
             "2147483647, got 0");
+}
+
+// Verifies prices and budgets: dollars become exact micro-dollars, the
+// budget section and tenant budgets, the store's keys, and the refusals.
+TEST(ConfigTest, ReadsCostsAndBudgets) {
+  auto c = parse(std::string(kMinimal) + R"(
+cost_per_session = 0.01
+cost_per_hour_alive = 0.05
+cost_per_hour_leased = 1
+cost_per_use = 0.000001
+budget_daily = 12.5
+budget_action = "drain"
+
+[budget]
+daily = 100
+monthly = 2000.25
+warning = 0.9
+
+[store]
+retention = "3d"
+daily_retention = "365d"
+)",
+                 {{"POOLKEEPER_BUDGET_MONTHLY", "3000"}});
+  ASSERT_TRUE(c.has_value()) << c.error().message;
+  const PoolEntry& p = c->pools[0];
+  EXPECT_EQ(p.cost.per_session, 10'000);
+  EXPECT_EQ(p.cost.per_hour_alive, 50'000);
+  EXPECT_EQ(p.cost.per_hour_leased, 1'000'000);
+  EXPECT_EQ(p.cost.per_use, 1);
+  EXPECT_EQ(p.budget.daily, 12'500'000);
+  EXPECT_EQ(p.budget.monthly, 0);
+  EXPECT_EQ(p.budget_action, BudgetAction::kDrain);
+  EXPECT_EQ(c->budget.limits.daily, 100'000'000);
+  EXPECT_EQ(c->budget.limits.monthly, 3'000'000'000) << "the environment wins";
+  EXPECT_DOUBLE_EQ(c->budget.warning, 0.9);
+  EXPECT_EQ(c->store.retention, 72h);
+  EXPECT_EQ(c->store.daily_retention, 365 * 24h);
+  EXPECT_TRUE(c->store.enabled);
+
+  auto d = parse(kMinimal);
+  ASSERT_TRUE(d.has_value());
+  EXPECT_TRUE(d->pools[0].cost.free());
+  EXPECT_EQ(d->budget.limits, core::BudgetLimits{});
+  EXPECT_EQ(d->store.retention, 7 * 24h);
+
+  EXPECT_EQ(refusal(std::string(kMinimal) + "cost_per_use = -1\n"),
+            "test.toml:8: pools.py.cost_per_use: must be between 0 and 1000000 dollars, got -1");
+  EXPECT_EQ(refusal(std::string(kMinimal) + "budget_daily = \"5\"\n"),
+            "test.toml:8: pools.py.budget_daily: must be an amount in dollars such as 0.05, got a string");
+  EXPECT_EQ(refusal(std::string(kMinimal) + "[budget]\ndayly = 1\n"), "test.toml:9: budget.dayly: unknown key");
+  EXPECT_EQ(refusal(std::string(kMinimal) + "[store]\ndaily_retention = \"7d\"\n"),
+            "test.toml:9: store.daily_retention: must be at least 31d (a monthly budget reads the "
+            "month's days)");
+  auto t = parse(R"(
+[tenants.alice]
+token_sha256 = "0000000000000000000000000000000000000000000000000000000000000001"
+budget_daily = 3
+
+[pools.py]
+command = ["x"]
+)");
+  ASSERT_TRUE(t.has_value()) << t.error().message;
+  EXPECT_EQ(t->tenants[0].budget.daily, 3'000'000);
 }
 
 // Verifies the seed-001 names: they apply to every pool, and a POOLKEEPER_*
