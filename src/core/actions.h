@@ -61,8 +61,8 @@ enum class EventType : std::uint8_t {
   kSessionOverLimit,  // measured over a resource limit (reason; value: bytes, % or ms)
   kSessionRecovered,
   kSessionClosing,
-  kSessionClosed,
-  kLeaseGranted,    // only with PoolConfig::lease_events
+  kSessionClosed,   // value: the leases it served
+  kLeaseGranted,    // only with PoolConfig::lease_events (detail: the owner)
   kLeaseReleased,   // only with PoolConfig::lease_events
   kLeaseReclaimed,
   kLeaseLost,       // the leased session died

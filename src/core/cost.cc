@@ -143,6 +143,12 @@ void CostMeter::accrue(std::int64_t now_ms, std::vector<CostCharge>& out) {
   }
 }
 
+std::int64_t CostMeter::hourly_rate() const {
+  std::int64_t rate = 0;
+  for (const auto& [id, live] : sessions_) rate += live.alive.rate + (live.lease ? live.lease->rate : 0);
+  return rate;
+}
+
 std::optional<std::int64_t> CostMeter::session_cost(SessionId session) const {
   auto it = sessions_.find(session);
   if (it == sessions_.end()) return std::nullopt;

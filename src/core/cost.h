@@ -83,6 +83,8 @@ class CostMeter {
   // What a live session has cost so far (charged), or nullopt.
   std::optional<std::int64_t> session_cost(SessionId session) const;
   std::size_t live() const { return sessions_.size(); }
+  // What the live sessions and leases cost per hour now.
+  std::int64_t hourly_rate() const;
 
  private:
   // A stretch of time charged at a rate: `charged` is what was charged of it.

@@ -282,6 +282,7 @@ void PoolCore::free_slot(Slot& s, TimePoint now, StopReason reason, Output& out)
   e.at = now;
   e.session = s.id;
   e.reason = reason;
+  e.value = static_cast<std::int64_t>(s.uses);
   out.events.push_back(std::move(e));
   if (orphaned != 0) reservation_lost_session(orphaned, now, out);
 }
@@ -422,7 +423,7 @@ Grant PoolCore::lease_to(Slot& s, const AcquireRequest& r, TimePoint enqueued, T
     ++client->active_leases;
   }
   if (config_.lease_events && out != nullptr) {
-    emit(*out, EventType::kLeaseGranted, now, s.id, s.lease_id);
+    emit(*out, EventType::kLeaseGranted, now, s.id, s.lease_id, s.lease_owner);
   }
   return Grant{.lease = s.lease_id, .session = s.id, .expires_at = s.lease_deadline};
 }
@@ -1510,7 +1511,8 @@ PoolStats PoolCore::stats() const {
   st.max = config_.max;
   const int usable = by_state_[static_cast<int>(SessionState::kIdle)] +
                      by_state_[static_cast<int>(SessionState::kLeased)];
-  st.degraded = st.emergency_stopped || (!st.draining && usable < std::min(config_.min, target_));
+  // A spent budget keeps no minimum by policy (budget_exceeded says so).
+  st.degraded = st.emergency_stopped || (!st.draining && usable < std::min(config_.min, floor()));
   st.reuse_rate = st.acquisitions == 0 ? 0.0
                                        : static_cast<double>(st.reused) /
                                              static_cast<double>(st.acquisitions);

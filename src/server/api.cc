@@ -6,10 +6,12 @@
 #include <boost/json.hpp>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <ctime>
 #include <sstream>
 
+#include "server/ledger.h"
 #include "server/request.h"
 #include "server/sha256.h"
 
@@ -215,6 +217,25 @@ std::map<std::string, RateLimiter::Limit, std::less<>> rate_limits(const DaemonC
 
 }  // namespace
 
+namespace {
+
+// Waits until what the ledger wrote since `since` is on disk (ledger->sync).
+asio::awaitable<std::expected<void, Error>> synced(Ledger* ledger, std::uint64_t since) {
+  if (ledger == nullptr) co_return std::expected<void, Error>{};
+  const auto executor = co_await asio::this_coro::executor;
+  auto waiting = asio::async_initiate<const asio::use_awaitable_t<>&, void(std::expected<void, Error>)>(
+      [ledger, since, executor](auto handler) {
+        auto h = std::make_shared<decltype(handler)>(std::move(handler));
+        ledger->sync(since, [h, executor](std::expected<void, Error> r) {
+          asio::post(executor, [h, r = std::move(r)]() mutable { (*h)(std::move(r)); });
+        });
+      },
+      asio::use_awaitable);
+  co_return co_await std::move(waiting);
+}
+
+}  // namespace
+
 Api::Api(const DaemonConfig& config, std::vector<std::shared_ptr<runtime::PoolRunner>> runners)
     : config_(config), limiter_(rate_limits(config)), started_(real_clock().now()) {
   for (auto& r : runners) {
@@ -222,6 +243,9 @@ Api::Api(const DaemonConfig& config, std::vector<std::shared_ptr<runtime::PoolRu
     p.autoscale = std::make_unique<std::atomic<bool>>(false);
     p.runner = std::move(r);
     const std::string name = p.runner->name();
+    for (const PoolEntry& e : config.pools) {
+      if (e.pool.name == name) p.charged = !e.cost.free();
+    }
     pools_.emplace(name, std::move(p));
   }
 }
@@ -499,6 +523,12 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
           .owner = owner ? *owner : decoded->owner,
           .lease_timeout = decoded->lease_timeout};
       if (decoded->timeout) args.timeout = *decoded->timeout;  // else the runtime's default
+      if (ledger_ != nullptr && !caller.tenant.empty()) {
+        if (auto why = ledger_->tenant_refusal(caller.tenant)) {
+          co_return error_response(Error(ErrorCode::kBudgetExceeded, *why));
+        }
+      }
+      const std::uint64_t mark = ledger_ != nullptr && pl.charged ? ledger_->mark() : 0;
       auto acquiring = runner.acquire(std::move(args), asio::use_awaitable);
       auto grant = co_await std::move(acquiring);
       if (!grant) co_return error_response(grant.error());
@@ -509,6 +539,15 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
       auto give_back = [held_by = pl.runner, lease = grant->lease] {
         held_by->release(lease, std::nullopt, core::ReleaseOutcome::kOk, asio::detached);
       };
+      if (pl.charged && ledger_ != nullptr) {
+        // The use is charged: it is on disk before the lease is handed out.
+        auto syncing = synced(ledger_, mark);
+        auto durable = co_await std::move(syncing);
+        if (!durable) {
+          give_back();
+          co_return error_response(durable.error());
+        }
+      }
       const asio::cancellation_state cancellation = co_await asio::this_coro::cancellation_state;
       if (cancellation.cancelled() != asio::cancellation_type::none) {
         give_back();
@@ -536,9 +575,20 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
       if (decoded->timeout) args.timeout = *decoded->timeout;  // else the runtime's default
       runtime::ExecuteRequest request{.params = std::move(decoded->params),
                                       .timeout = decoded->execute_timeout};
+      if (ledger_ != nullptr && !caller.tenant.empty()) {
+        if (auto why = ledger_->tenant_refusal(caller.tenant)) {
+          co_return error_response(Error(ErrorCode::kBudgetExceeded, *why));
+        }
+      }
+      const std::uint64_t mark = ledger_ != nullptr && pl.charged ? ledger_->mark() : 0;
       auto running = runner.run(std::move(args), std::move(request), asio::use_awaitable);
       auto reply = co_await std::move(running);
       if (!reply) co_return error_response(reply.error());
+      if (pl.charged && ledger_ != nullptr) {
+        auto syncing = synced(ledger_, mark);
+        auto durable = co_await std::move(syncing);
+        if (!durable) co_return error_response(durable.error());
+      }
       co_return reply_response(*reply);
     }
 
@@ -616,12 +666,23 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
       if (m != "DELETE") co_return method_not_allowed();
       auto decoded = decode_release(*body);
       if (!decoded) co_return bad_request(decoded.error());
+      const std::uint64_t mark = ledger_ != nullptr && pool->charged ? ledger_->mark() : 0;
       auto releasing = pool->runner->release(
           id->second, owner,
           decoded->broken ? core::ReleaseOutcome::kBroken : core::ReleaseOutcome::kOk,
           asio::use_awaitable);
       auto released = co_await std::move(releasing);
       if (!released) co_return error_response(released.error());
+      if (pool->charged && ledger_ != nullptr) {
+        // The lease's charges are on disk before the release is acknowledged.
+        auto syncing = synced(ledger_, mark);
+        auto durable = co_await std::move(syncing);
+        if (!durable) {
+          Error e = durable.error();
+          e.message = "the lease was released, but its record is not on disk: " + e.message;
+          co_return error_response(e);
+        }
+      }
       co_return json_response(200, json::object{{"lease", p[2]}, {"released", true}});
     }
     if (m != "POST") co_return method_not_allowed();
@@ -633,6 +694,29 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
     auto reply = co_await std::move(executing);
     if (!reply) co_return error_response(reply.error());
     co_return reply_response(*reply);
+  }
+
+  // GET /v1/cost[?days=N&pool=P&tenant=T]: an admin sees all; a tenant its own.
+  if (p[1] == "cost" && p.size() == 2) {
+    if (m != "GET") co_return method_not_allowed();
+    if (ledger_ == nullptr) co_return error_response(404, "not_found", "no cost ledger in this daemon");
+    CostQuery q;
+    if (auto d = target->query.find("days"); d != target->query.end()) {
+      int days = 0;
+      const auto [end, ec] = std::from_chars(d->second.data(), d->second.data() + d->second.size(), days);
+      if (ec != std::errc() || end != d->second.data() + d->second.size() || days < 1 || days > 62) {
+        co_return error_response(400, "invalid_argument", "days: must be an integer in 1..62");
+      }
+      q.days = days;
+    }
+    if (auto it = target->query.find("pool"); it != target->query.end()) {
+      auto pool = pool_named(it->second);
+      if (!pool) co_return pool.error();
+      q.pool = it->second;
+    }
+    if (auto it = target->query.find("tenant"); it != target->query.end()) q.tenant = it->second;
+    if (!caller.admin && !caller.tenant.empty()) q.tenant = caller.tenant;
+    co_return json_response(200, ledger_->report(q));
   }
 
   // /v1/reservations[/{id}]

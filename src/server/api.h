@@ -63,6 +63,8 @@ struct Response {
   std::function<void()> undelivered{};
 };
 
+class Ledger;
+
 class Api {
  public:
   Api(const DaemonConfig& config, std::vector<std::shared_ptr<runtime::PoolRunner>> runners);
@@ -74,10 +76,16 @@ class Api {
 
   std::size_t pool_count() const { return pools_.size(); }
 
+  // The books (cost, budgets, the store): tenants' budgets are enforced, a
+  // charged pool's acquires and releases answer once their records are on
+  // disk, and GET /v1/cost reads them. Without one (tests), none of that.
+  void set_ledger(Ledger* ledger) { ledger_ = ledger; }
+
  private:
   struct Pool {
     std::shared_ptr<runtime::PoolRunner> runner;
     std::unique_ptr<std::atomic<bool>> autoscale;
+    bool charged = false;  // the pool has prices: its leases wait for the store
   };
   struct Caller {
     std::string tenant;  // empty with auth = "none"
@@ -94,6 +102,7 @@ class Api {
   RateLimiter limiter_;
   std::map<std::string, Pool, std::less<>> pools_;
   std::atomic<bool> shutting_down_{false};
+  Ledger* ledger_ = nullptr;
   TimePoint started_{};
 };
 

@@ -88,7 +88,7 @@ struct TenantConfig {
   std::vector<std::string> pools;               // pools it may use; empty: all
   double rate_limit = -1;                       // requests a second; negative: the server's
   int rate_burst = 0;                           // 0: the server's
-  core::BudgetLimits budget;                    // what its leases may cost (micro-dollars)
+  core::BudgetLimits budget{};                  // what its leases may cost (micro-dollars)
 
   bool operator==(const TenantConfig&) const = default;
 };
@@ -102,8 +102,8 @@ struct PoolEntry {
   PoolConfig pool;
   std::string driver = "process";
   drivers::ProcessConfig process;
-  core::CostModel cost;        // micro-dollars
-  core::BudgetLimits budget;   // micro-dollars; 0: none
+  core::CostModel cost{};      // micro-dollars
+  core::BudgetLimits budget{};  // micro-dollars; 0: none
   BudgetAction budget_action = BudgetAction::kRefuse;
 };
 

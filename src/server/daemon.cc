@@ -25,6 +25,8 @@
 #include "runtime/pool_runner.h"
 #include "server/api.h"
 #include "server/http_server.h"
+#include "server/ledger.h"
+#include "store/store.h"
 
 namespace poolkeeper::server {
 namespace {
@@ -59,6 +61,12 @@ std::vector<std::string> needs_restart(const DaemonConfig& was, const DaemonConf
   return out;
 }
 
+std::int64_t wall_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             real_clock().wall_now().time_since_epoch())
+      .count();
+}
+
 std::string joined(const std::vector<std::string>& parts) {
   std::string s;
   for (const std::string& p : parts) s += (s.empty() ? "" : ", ") + p;
@@ -72,6 +80,31 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
   asio::io_context io(static_cast<int>(threads));
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work(io.get_executor());
 
+  // The store outlives the ledger, the ledger the pools that report to it.
+  std::unique_ptr<store::Store> store;
+  if (config.store.enabled) {
+    auto opened = store::Store::open(
+        {.path = config.store.path,
+         .retention = std::chrono::duration_cast<std::chrono::milliseconds>(config.store.retention),
+         .daily_retention =
+             std::chrono::duration_cast<std::chrono::milliseconds>(config.store.daily_retention)});
+    if (!opened) {
+      log.write(runtime::LogLevel::kError, "cannot open the store", {{"why", opened.error().message}});
+      return 2;
+    }
+    store = std::move(*opened);
+    log.write(runtime::LogLevel::kInfo, "store open",
+              {{"path", config.store.path},
+               {"schema", std::to_string(store->schema_version())},
+               {"run", std::to_string(store->run_id())}});
+  }
+  Ledger ledger(config, store.get(), wall_ms, log);
+  if (auto restored = ledger.restore(); !restored) {
+    log.write(runtime::LogLevel::kError, "cannot read the cost totals",
+              {{"why", restored.error().message}});
+    return 2;
+  }
+
   std::vector<std::shared_ptr<runtime::PoolRunner>> runners;
   for (const PoolEntry& e : config.pools) {
     auto driver = drivers::ProcessDriver::create(e.process, e.pool.name, &log);
@@ -80,8 +113,10 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
                 {{"pool", e.pool.name}, {"why", driver.error().message}});
       return 2;
     }
-    auto runner = runtime::PoolRunner::create(io.get_executor(), e.pool, std::move(*driver),
-                                              {.log = &log});
+    auto runner = runtime::PoolRunner::create(
+        io.get_executor(), e.pool, std::move(*driver),
+        {.log = &log,
+         .on_event = [&ledger, name = e.pool.name](const core::Event& ev) { ledger.on_event(name, ev); }});
     if (!runner) {
       log.write(runtime::LogLevel::kError, "pool refused",
                 {{"pool", e.pool.name}, {"why", runner.error().message}});
@@ -90,7 +125,22 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
     runners.push_back(*runner);
   }
 
+  // A spent budget stops the pool's starts (and drains it if so configured).
+  ledger.set_budget_hook([&runners](const BudgetChange& c) {
+    for (auto& r : runners) {
+      if (r->name() != c.pool) continue;
+      r->with_core<bool>(
+          [c](core::PoolCore& core, TimePoint now, core::Output& out) {
+            core.set_budget_exceeded(c.exceeded, c.why, now, out);
+            if (c.drain) core.drain(now, out);
+            return true;
+          },
+          asio::detached);
+    }
+  });
+
   Api api(config, runners);
+  api.set_ledger(&ledger);
   HttpServer server(io.get_executor(), config.server, api, log);
   auto port = server.listen();
   if (!port) {
@@ -99,6 +149,20 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
   }
   for (auto& r : runners) r->start();
   server.start();
+
+  // Time charges and budgets, once a second.
+  asio::steady_timer books_timer(io);
+  bool books_stopped = false;
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        while (!books_stopped) {
+          books_timer.expires_after(1s);
+          (void)co_await books_timer.async_wait(asio::as_tuple(asio::use_awaitable));
+          ledger.tick();
+        }
+      },
+      asio::detached);
   const std::string address = (config.server.host.find(':') != std::string::npos
                                    ? "[" + config.server.host + "]"
                                    : config.server.host) +
@@ -127,6 +191,9 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
                   }));
     }
     while (left > 0) (void)co_await all_stopped.async_wait(asio::as_tuple(asio::use_awaitable));
+    ledger.tick();  // the last time charges, after every session stopped
+    books_stopped = true;
+    books_timer.cancel();
     server.stop();
     // Responses in flight get a moment to be written.
     for (int i = 0; i < 50 && server.connections() > 0; ++i) {

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <future>
 
+#include "poolkeeper/clock.h"
 #include "store/sqlite.h"
 
 namespace poolkeeper::store {
@@ -130,7 +131,7 @@ constexpr int kChunksPerRun = 100;  // at most this many chunks per table per ma
 
 std::int64_t wall_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
+             real_clock().wall_now().time_since_epoch())
       .count();
 }
 

@@ -72,6 +72,7 @@ TEST_F(PoolCoreBudgetTest, IdleSparesLeaveByTheIdleTimeout) {
   h.advance(seconds(1));
   h.settle();
   EXPECT_EQ(h.stats().sessions, 0);
+  EXPECT_FALSE(h.stats().degraded) << "below min by policy, not by failure";
   EXPECT_EQ(h.count_stops(StopReason::kIdleTimeout), 3);
 }
 

@@ -17,6 +17,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <filesystem>
 #include <thread>
 #include <vector>
 
@@ -29,10 +30,13 @@ class DaemonProcess {
  public:
   // Starts `poolkeeper serve` on `config_text` (TOML) with these extra
   // environment variables ("NAME=value").
+  // The config is written into a directory of its own, so what the daemon
+  // keeps next to it (the store's default file) is its own too.
   DaemonProcess(const std::string& config_text, std::vector<std::string> env = {}) {
-    static int counter = 0;
-    config_path_ = ::testing::TempDir() + "/poolkeeper-" + std::to_string(::getpid()) + "-" +
-                   std::to_string(++counter) + ".toml";
+    std::string dir = ::testing::TempDir() + "/poolkeeper-daemon-XXXXXX";
+    if (::mkdtemp(dir.data()) == nullptr) return;
+    dir_ = dir;
+    config_path_ = dir_ + "/poolkeeper.toml";
     std::ofstream(config_path_) << config_text;
     drivers::SpawnOptions o;
     o.argv = {POOLKEEPER_BINARY, "serve", "--config", config_path_};
@@ -52,8 +56,14 @@ class DaemonProcess {
     }
     if (reader_.joinable()) reader_.join();
     if (child_.pidfd >= 0) ::close(child_.pidfd);
-    std::remove(config_path_.c_str());
+    if (!dir_.empty()) {
+      std::error_code ignored;
+      std::filesystem::remove_all(dir_, ignored);
+    }
   }
+
+  // The directory that holds the config (and the store's default file).
+  const std::string& dir() const { return dir_; }
 
   // The port from the "listening" line (0 when it never came).
   std::uint16_t port(Duration timeout = std::chrono::seconds(30)) {
@@ -134,6 +144,7 @@ class DaemonProcess {
     ::close(child_.stderr_fd);
   }
 
+  std::string dir_;
   std::string config_path_;
   drivers::Child child_{};
   std::thread reader_;

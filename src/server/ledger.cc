@@ -1,0 +1,471 @@
+#include "server/ledger.h"
+
+#include <boost/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+
+namespace poolkeeper::server {
+namespace {
+
+namespace json = boost::json;
+using core::ChargeKind;
+using core::kMillisPerDay;
+using core::kMillisPerHour;
+
+constexpr std::int64_t kKeptDays = 62;  // in memory: two months for monthly budgets and reports
+
+std::string date_text(std::int64_t day) {
+  const std::chrono::year_month_day ymd{std::chrono::sys_days{std::chrono::days{day}}};
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%04d-%02u-%02u", static_cast<int>(ymd.year()),
+                static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day()));
+  return buf;
+}
+
+std::string dollars(std::int64_t micros) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%s%lld.%06lld", micros < 0 ? "-" : "",
+                static_cast<long long>(std::abs(micros) / 1'000'000),
+                static_cast<long long>(std::abs(micros) % 1'000'000));
+  return buf;
+}
+
+std::string_view level_name(core::BudgetLevel level) {
+  switch (level) {
+    case core::BudgetLevel::kOk: return "ok";
+    case core::BudgetLevel::kWarning: return "warning";
+    case core::BudgetLevel::kExceeded: return "exceeded";
+  }
+  return "ok";
+}
+
+std::string_view lease_outcome(core::EventType type) {
+  switch (type) {
+    case core::EventType::kLeaseReclaimed: return "reclaimed";
+    case core::EventType::kLeaseLost: return "lost";
+    default: return "released";
+  }
+}
+
+}  // namespace
+
+Ledger::Ledger(const DaemonConfig& config, store::Store* store, std::function<std::int64_t()> now_ms,
+               runtime::Log& log)
+    : store_(store), now_ms_(std::move(now_ms)), log_(log), book_(config.budget.warning) {
+  day_ = core::day_of(now_ms_());
+  configure(config);
+}
+
+void Ledger::configure(const DaemonConfig& config) {
+  std::vector<BudgetChange> changes;
+  {
+    std::lock_guard lock(mu_);
+    const std::int64_t now = now_ms_();
+    global_ = config.budget.limits;
+    book_.set_limits("", global_);
+    for (const PoolEntry& e : config.pools) {
+      PoolBooks& p = pools_[e.pool.name];
+      std::vector<core::CostCharge> charges;
+      if (!(p.meter.model() == e.cost)) p.meter.set_model(e.cost, now, charges);
+      std::vector<store::Record> rows;
+      record(e.pool.name, charges, rows);
+      write(std::move(rows));
+      p.budget = e.budget;
+      p.action = e.budget_action;
+      book_.set_limits("pool:" + e.pool.name, e.budget);
+    }
+    tenants_.clear();
+    for (const TenantConfig& t : config.tenants) {
+      tenants_[t.name] = t.budget;
+      book_.set_limits("tenant:" + t.name, t.budget);
+    }
+    check_budgets(changes);
+  }
+  deliver(changes);
+}
+
+void Ledger::set_budget_hook(BudgetHook hook) {
+  std::vector<BudgetChange> changes;
+  {
+    std::lock_guard lock(mu_);
+    hook_ = std::move(hook);
+    // Pools already over their budget (restored spending) are announced.
+    for (auto& [name, p] : pools_) p.exceeded = false;
+    check_budgets(changes);
+  }
+  deliver(changes);
+}
+
+std::expected<void, Error> Ledger::restore() {
+  if (store_ == nullptr) return {};
+  const std::int64_t today = core::day_of(now_ms_());
+  auto rows = store_->daily_costs(today - kKeptDays, today);
+  if (!rows) return std::unexpected(rows.error());
+  std::vector<BudgetChange> changes;
+  {
+    std::lock_guard lock(mu_);
+    for (const store::DailyCost& r : *rows) {
+      daily_[r.day][{r.pool, r.tenant, r.kind}] += r.micros;
+      book_.restore("", r.day, r.micros);
+      book_.restore("pool:" + r.pool, r.day, r.micros);
+      if (!r.tenant.empty()) book_.restore("tenant:" + r.tenant, r.day, r.micros);
+    }
+    check_budgets(changes);
+  }
+  deliver(changes);
+  return {};
+}
+
+void Ledger::on_event(const std::string& pool, const core::Event& e) {
+  using core::EventType;
+  if (e.type != EventType::kSessionStarted && e.type != EventType::kSessionClosed &&
+      e.type != EventType::kLeaseGranted && e.type != EventType::kLeaseReleased &&
+      e.type != EventType::kLeaseReclaimed && e.type != EventType::kLeaseLost) {
+    return;
+  }
+  std::vector<BudgetChange> changes;
+  {
+    std::lock_guard lock(mu_);
+    auto it = pools_.find(pool);
+    if (it == pools_.end()) return;
+    PoolBooks& p = it->second;
+    const std::int64_t now = now_ms_();
+    const std::int64_t today = core::day_of(now);
+    if (p.day != today) {
+      p.day = today;
+      p.sessions_created = p.leases_ended = p.lease_ms = 0;
+    }
+    std::vector<core::CostCharge> charges;
+    std::vector<store::Record> rows;
+    std::int64_t closed_cost = 0;
+    switch (e.type) {
+      case EventType::kSessionStarted:
+        p.meter.session_started(e.session, now, charges);
+        ++p.sessions_created;
+        rows.push_back(store::SessionOpened{.pool = pool, .session = e.session, .external_id = {}, .at_ms = now});
+        break;
+      case EventType::kLeaseGranted:
+        p.meter.leased(e.session, e.detail, now, charges);
+        p.leases[e.lease] = LeaseInfo{.session = e.session, .tenant = e.detail, .started_ms = now};
+        break;
+      case EventType::kSessionClosed: {
+        // A lease still open ends with its session (lost or reclaimed before).
+        for (auto l = p.leases.begin(); l != p.leases.end();) {
+          l = l->second.session == e.session ? p.leases.erase(l) : std::next(l);
+        }
+        std::int64_t cost = p.meter.session_cost(e.session).value_or(0);
+        p.meter.session_closed(e.session, now, charges);
+        for (const auto& c : charges) cost += c.micros;
+        closed_cost = cost;
+        break;
+      }
+      default: {  // a lease ended
+        p.meter.released(e.session, now, charges);
+        auto l = p.leases.find(e.lease);
+        if (l != p.leases.end()) {
+          std::int64_t cost = 0;
+          for (const auto& c : charges) cost += c.micros;
+          ++p.leases_ended;
+          p.lease_ms += now - l->second.started_ms;
+          rows.push_back(store::LeaseEnded{.pool = pool,
+                                           .session = e.session,
+                                           .lease = e.lease,
+                                           .tenant = l->second.tenant,
+                                           .started_ms = l->second.started_ms,
+                                           .ended_ms = now,
+                                           .outcome = std::string(lease_outcome(e.type)),
+                                           .cost_micros = cost});
+          p.leases.erase(l);
+        }
+        break;
+      }
+    }
+    record(pool, charges, rows);
+    if (e.type == EventType::kSessionClosed) {
+      rows.push_back(store::SessionClosed{.pool = pool,
+                                          .session = e.session,
+                                          .at_ms = now,
+                                          .reason = std::string(to_string(e.reason)),
+                                          .uses = e.value,
+                                          .cost_micros = closed_cost});
+    }
+    write(std::move(rows));
+    if (!charges.empty()) check_budgets(changes);
+  }
+  deliver(changes);
+}
+
+void Ledger::tick() {
+  std::vector<BudgetChange> changes;
+  {
+    std::lock_guard lock(mu_);
+    const std::int64_t now = now_ms_();
+    std::vector<store::Record> rows;
+    for (auto& [name, p] : pools_) {
+      std::vector<core::CostCharge> charges;
+      p.meter.accrue(now, charges);
+      record(name, charges, rows);
+    }
+    write(std::move(rows));
+    const std::int64_t today = core::day_of(now);
+    if (today != day_) {
+      day_ = today;
+      book_.forget_before(today - kKeptDays);
+      daily_.erase(daily_.begin(), daily_.lower_bound(today - kKeptDays));
+    }
+    check_budgets(changes);
+  }
+  deliver(changes);
+}
+
+// Under the lock: charges go to the books and become store rows.
+void Ledger::record(const std::string& pool, std::vector<core::CostCharge>& charges,
+                    std::vector<store::Record>& rows) {
+  for (const core::CostCharge& c : charges) {
+    daily_[c.day][{pool, c.tenant, std::string(to_string(c.kind))}] += c.micros;
+    if (c.tenant.empty()) {
+      book_.add({"", "pool:" + pool}, c.day, c.micros);
+    } else {
+      book_.add({"", "pool:" + pool, "tenant:" + c.tenant}, c.day, c.micros);
+    }
+    rows.push_back(store::Charge{.at_ms = c.at_ms,
+                                 .day = c.day,
+                                 .pool = pool,
+                                 .tenant = c.tenant,
+                                 .session = c.session,
+                                 .kind = std::string(to_string(c.kind)),
+                                 .micros = c.micros});
+  }
+}
+
+void Ledger::write(std::vector<store::Record> rows) {
+  if (store_ == nullptr || rows.empty()) return;
+  store_->write(std::move(rows), [&log = log_](std::expected<void, Error> r) {
+    if (!r) {
+      log.write(runtime::LogLevel::kError, "store write failed", {{"why", r.error().message}});
+    }
+  });
+}
+
+std::string Ledger::scope_name(const std::string& scope) {
+  if (scope.empty()) return "global budget";
+  const auto colon = scope.find(':');
+  return scope.substr(0, colon) + " " + scope.substr(colon + 1) + " budget";
+}
+
+std::string Ledger::describe(const std::string& scope, const core::BudgetStatus& s) const {
+  return scope_name(scope) + ": spent $" + dollars(s.spent) + " of $" + dollars(s.limit) +
+         (s.monthly ? " this month" : " today");
+}
+
+void Ledger::warn_once(const std::string& scope, const core::BudgetStatus& s, std::int64_t day) {
+  if (s.level == core::BudgetLevel::kOk) return;
+  const std::string key = scope + (s.level == core::BudgetLevel::kExceeded ? "!" : "");
+  if (!warned_.insert({key, day}).second) return;
+  const std::string what = describe(scope, s);
+  const bool exceeded = s.level == core::BudgetLevel::kExceeded;
+  log_.write(runtime::LogLevel::kWarn, exceeded ? "budget exceeded" : "budget warning",
+             {{"budget", scope.empty() ? "global" : scope}, {"why", what}});
+  write({store::AuditEntry{.at_ms = now_ms_(),
+                           .actor = "daemon",
+                           .action = exceeded ? "budget_exceeded" : "budget_warning",
+                           .pool = {},
+                           .detail = json::serialize(json::object{
+                               {"budget", scope.empty() ? "global" : scope},
+                               {"spent_micros", s.spent},
+                               {"limit_micros", s.limit},
+                               {"period", s.monthly ? "month" : "day"}})}});
+}
+
+// Under the lock: each pool's state from the global and its own budget.
+void Ledger::check_budgets(std::vector<BudgetChange>& changes) {
+  const std::int64_t today = core::day_of(now_ms_());
+  const core::BudgetStatus global = book_.status("", today);
+  warn_once("", global, today);
+  for (const auto& [tenant, limits] : tenants_) {
+    warn_once("tenant:" + tenant, book_.status("tenant:" + tenant, today), today);
+  }
+  for (auto& [name, p] : pools_) {
+    const std::string scope = "pool:" + name;
+    const core::BudgetStatus own = book_.status(scope, today);
+    warn_once(scope, own, today);
+    std::string why;
+    if (global.level == core::BudgetLevel::kExceeded) why = describe("", global);
+    if (own.level == core::BudgetLevel::kExceeded) why = describe(scope, own);
+    const bool exceeded = !why.empty();
+    if (exceeded == p.exceeded) continue;
+    p.exceeded = exceeded;
+    changes.push_back({.pool = name,
+                       .exceeded = exceeded,
+                       .why = exceeded ? why : std::string("the budget allows new sessions again"),
+                       .drain = exceeded && p.action == BudgetAction::kDrain});
+  }
+}
+
+void Ledger::deliver(const std::vector<BudgetChange>& changes) {
+  if (changes.empty()) return;
+  BudgetHook hook;
+  {
+    std::lock_guard lock(mu_);
+    hook = hook_;
+  }
+  for (const BudgetChange& c : changes) {
+    log_.write(c.exceeded ? runtime::LogLevel::kWarn : runtime::LogLevel::kInfo,
+               c.exceeded ? "pool budget spent: no new sessions" : "pool budget restored",
+               {{"pool", c.pool}, {"why", c.why}, {"drain", c.drain ? "true" : "false"}});
+    if (hook) hook(c);
+  }
+}
+
+std::optional<std::string> Ledger::tenant_refusal(const std::string& tenant) const {
+  std::lock_guard lock(mu_);
+  if (!tenants_.contains(tenant)) return std::nullopt;
+  const std::string scope = "tenant:" + tenant;
+  const core::BudgetStatus s = book_.status(scope, core::day_of(now_ms_()));
+  if (s.level != core::BudgetLevel::kExceeded) return std::nullopt;
+  return describe(scope, s);
+}
+
+std::uint64_t Ledger::mark() const { return store_ == nullptr ? 0 : store_->mark(); }
+
+void Ledger::sync(std::uint64_t since, store::Done done) {
+  if (store_ == nullptr) {
+    done({});
+    return;
+  }
+  store_->sync(since, std::move(done));
+}
+
+json::object Ledger::report(const CostQuery& q) const {
+  std::lock_guard lock(mu_);
+  const std::int64_t now = now_ms_();
+  const std::int64_t today = core::day_of(now);
+  const int days = std::clamp(q.days, 1, static_cast<int>(kKeptDays));
+  auto counts = [&](const Key& k) {
+    return (q.pool.empty() || std::get<0>(k) == q.pool) &&
+           (q.tenant.empty() || std::get<1>(k) == q.tenant);
+  };
+
+  json::object by_pool, by_tenant, by_kind;
+  std::int64_t total_today = 0;
+  if (auto it = daily_.find(today); it != daily_.end()) {
+    for (const auto& [k, micros] : it->second) {
+      if (!counts(k)) continue;
+      total_today += micros;
+      auto add = [micros](json::object& o, const std::string& key) {
+        o[key] = (o.contains(key) ? o[key].as_int64() : 0) + micros;
+      };
+      add(by_pool, std::get<0>(k));
+      add(by_tenant, std::get<1>(k).empty() ? "(pool)" : std::get<1>(k));
+      add(by_kind, std::get<2>(k));
+    }
+  }
+
+  // The last `days` days and their linear trend (least squares).
+  json::array history;
+  double sx = 0, sy = 0, sxx = 0, sxy = 0;
+  for (int i = days - 1; i >= 0; --i) {
+    const std::int64_t d = today - i;
+    std::int64_t micros = 0;
+    if (auto it = daily_.find(d); it != daily_.end()) {
+      for (const auto& [k, m] : it->second) micros += counts(k) ? m : 0;
+    }
+    history.push_back(json::object{{"day", date_text(d)}, {"total_micros", micros}});
+    const double x = static_cast<double>(days - 1 - i);
+    const double y = static_cast<double>(micros);
+    sx += x;
+    sy += y;
+    sxx += x * x;
+    sxy += x * y;
+  }
+  const double n = days;
+  const double denominator = n * sxx - sx * sx;
+  const double slope = denominator > 0 ? (n * sxy - sx * sy) / denominator : 0;
+
+  // The rest of today at the present rate: time charges of what is live
+  // now, plus one-off fees at today's pace so far.
+  std::int64_t hourly = 0;
+  std::int64_t fees_today = 0;
+  for (const auto& [name, p] : pools_) {
+    if (!q.pool.empty() && name != q.pool) continue;
+    if (q.tenant.empty()) hourly += p.meter.hourly_rate();
+  }
+  if (auto it = daily_.find(today); it != daily_.end()) {
+    for (const auto& [k, m] : it->second) {
+      if (counts(k) && (std::get<2>(k) == "created" || std::get<2>(k) == "use")) fees_today += m;
+    }
+  }
+  const std::int64_t elapsed_ms = std::max<std::int64_t>(now - today * kMillisPerDay, 1);
+  const std::int64_t left_ms = (today + 1) * kMillisPerDay - now;
+  const std::int64_t rest = static_cast<std::int64_t>(
+      (static_cast<double>(hourly) / kMillisPerHour + static_cast<double>(fees_today) / elapsed_ms) *
+      static_cast<double>(left_ms));
+
+  json::array budgets;
+  auto budget_json = [&](const std::string& scope, const core::BudgetLimits& limits) {
+    if (limits == core::BudgetLimits{}) return;
+    const core::BudgetStatus s = book_.status(scope, today);
+    budgets.push_back(json::object{{"budget", scope.empty() ? "global" : scope},
+                                   {"daily_limit_micros", limits.daily},
+                                   {"daily_spent_micros", book_.spent_on_day(scope, today)},
+                                   {"monthly_limit_micros", limits.monthly},
+                                   {"monthly_spent_micros", book_.spent_in_month(scope, today)},
+                                   {"level", level_name(s.level)}});
+  };
+  budget_json("", global_);
+  for (const auto& [name, p] : pools_) {
+    if (q.pool.empty() || name == q.pool) budget_json("pool:" + name, p.budget);
+  }
+  for (const auto& [tenant, limits] : tenants_) {
+    if (q.tenant.empty() || tenant == q.tenant) budget_json("tenant:" + tenant, limits);
+  }
+
+  // Per pool today: averages, and what one new session per request would
+  // have cost (a creation, the use, and the lease's time alive and leased).
+  json::array pools;
+  for (const auto& [name, p] : pools_) {
+    if (!q.pool.empty() && name != q.pool) continue;
+    std::int64_t spent = 0;
+    if (auto it = daily_.find(today); it != daily_.end()) {
+      for (const auto& [k, m] : it->second) spent += std::get<0>(k) == name ? m : 0;
+    }
+    const bool fresh_day = p.day == today;
+    const std::int64_t created = fresh_day ? p.sessions_created : 0;
+    const std::int64_t leases = fresh_day ? p.leases_ended : 0;
+    const std::int64_t lease_ms = fresh_day ? p.lease_ms : 0;
+    const core::CostModel& m = p.meter.model();
+    const std::int64_t one_each =
+        leases * (m.per_session + m.per_use) +
+        (m.per_hour_alive + m.per_hour_leased) * lease_ms / kMillisPerHour;
+    pools.push_back(json::object{
+        {"pool", name},
+        {"spent_today_micros", spent},
+        {"sessions_created", created},
+        {"leases", leases},
+        {"cost_per_session_micros", created > 0 ? spent / created : 0},
+        {"cost_per_use_micros", leases > 0 ? spent / leases : 0},
+        {"one_session_per_request_micros", one_each},
+        {"saving_micros", leases > 0 ? one_each - spent : 0},
+        {"budget_exceeded", p.exceeded},
+        {"hourly_rate_micros", p.meter.hourly_rate()}});
+  }
+
+  return json::object{{"today", date_text(today)},
+                      {"total_micros", total_today},
+                      {"total", dollars(total_today)},
+                      {"by_pool", std::move(by_pool)},
+                      {"by_tenant", std::move(by_tenant)},
+                      {"by_kind", std::move(by_kind)},
+                      {"days", std::move(history)},
+                      {"trend_micros_per_day", static_cast<std::int64_t>(slope)},
+                      {"burn_rate_micros_per_hour", hourly},
+                      {"projection",
+                       json::object{{"rest_of_day_micros", rest}, {"end_of_day_micros", total_today + rest}}},
+                      {"budgets", std::move(budgets)},
+                      {"pools", std::move(pools)}};
+}
+
+}  // namespace poolkeeper::server
