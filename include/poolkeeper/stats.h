@@ -78,7 +78,8 @@ struct PoolStats {
   int min = 0;               // the configured min
   int max = 0;               // the configured max
   // Fewer usable (idle or leased) sessions than the pool must keep (its min,
-  // or a smaller scale target), while not draining; or emergency-stopped.
+  // or a smaller scale target; nothing while its budget is spent), while not
+  // draining; or emergency-stopped.
   bool degraded = false;
   int queue_length = 0;
   bool paused = false;
