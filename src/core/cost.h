@@ -138,6 +138,7 @@ class BudgetBook {
   explicit BudgetBook(double warning_fraction = 0.8) : warning_(warning_fraction) {}
 
   void set_limits(const std::string& scope, BudgetLimits limits);
+  void set_warning(double fraction) { warning_ = fraction; }
   // Adds a charge to each scope it counts for.
   void add(const std::vector<std::string>& scopes, std::int64_t day, std::int64_t micros);
   // Spending restored at start (from the store's daily totals).

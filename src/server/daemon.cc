@@ -40,7 +40,12 @@ std::vector<std::string> needs_restart(const DaemonConfig& was, const DaemonConf
   if (!(was.server == now.server)) out.emplace_back("server");
   if (!(was.store == now.store)) out.emplace_back("store");
   if (!(was.log == now.log)) out.emplace_back("log");
-  if (was.tenants != now.tenants) out.emplace_back("tenants");
+  // Budgets apply on reload (the ledger); everything else of a tenant waits.
+  auto without_budgets = [](std::vector<TenantConfig> tenants) {
+    for (TenantConfig& t : tenants) t.budget = {};
+    return tenants;
+  };
+  if (without_budgets(was.tenants) != without_budgets(now.tenants)) out.emplace_back("tenants");
   auto find = [](const DaemonConfig& c, const std::string& name) -> const PoolEntry* {
     for (const PoolEntry& e : c.pools) {
       if (e.pool.name == name) return &e;
@@ -247,6 +252,8 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
         if (c.pool.name == e.pool.name) c.pool = e.pool;
       }
     }
+    // Prices and budgets (pools', tenants', global) apply from now.
+    ledger.configure(*next);
     if (!later.empty()) {
       log.write(runtime::LogLevel::kWarn, "reload: these changes need a restart",
                 {{"sections", joined(later)}});

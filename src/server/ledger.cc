@@ -66,6 +66,7 @@ void Ledger::configure(const DaemonConfig& config) {
     const std::int64_t now = now_ms_();
     global_ = config.budget.limits;
     book_.set_limits("", global_);
+    book_.set_warning(config.budget.warning);
     for (const PoolEntry& e : config.pools) {
       PoolBooks& p = pools_[e.pool.name];
       std::vector<core::CostCharge> charges;

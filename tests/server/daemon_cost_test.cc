@@ -219,6 +219,18 @@ TEST_F(DaemonCostTest, SpendingSurvivesARestart) {
   HttpResult p = call("GET", "/v1/pools/capped", kRoot);
   EXPECT_TRUE(p.json().at("budget_exceeded").as_bool());
   EXPECT_EQ(p.json().at("sessions").as_int64(), 0) << "min is not kept past the budget";
+
+  // A reload that raises the budget restores the pool to its size.
+  std::string raised = text;
+  raised.replace(raised.find("budget_daily = 1\n"), 17, "budget_daily = 10\n");
+  daemon_->rewrite_config(raised);
+  daemon_->signal(SIGHUP);
+  ASSERT_TRUE(wait_until([&] { return daemon_->logged("pool budget restored"); }));
+  EXPECT_TRUE(wait_until([&] {
+    HttpResult r = call("GET", "/v1/pools/capped", kRoot);
+    return r.status == 200 && !r.json().at("budget_exceeded").as_bool() &&
+           r.json().at("sessions_by_state").at("idle").as_int64() == 1;
+  }));
   stop();
   std::filesystem::remove_all(dir);
 }
