@@ -237,6 +237,62 @@ std::int64_t flag_ms(const std::string& flag, const std::string& value) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(*d).count();
 }
 
+// Micro-dollars as dollars: "$12.345678" (a whole dollar amount keeps two decimals).
+std::string money(std::int64_t micros) {
+  const bool negative = micros < 0;
+  const std::uint64_t m = negative ? static_cast<std::uint64_t>(-(micros + 1)) + 1 : static_cast<std::uint64_t>(micros);
+  std::string frac = std::to_string(m % 1'000'000);
+  frac = std::string(6 - frac.size(), '0') + frac;
+  while (frac.size() > 2 && frac.back() == '0') frac.pop_back();
+  return std::string(negative ? "-$" : "$") + std::to_string(m / 1'000'000) + "." + frac;
+}
+
+// The cost report (GET /v1/cost) as text.
+void print_cost(const json::value& v, std::ostream& out) {
+  out << "today " << text(v, "today") << ": " << money(num(v, "total_micros")) << " spent, "
+      << money(num(v.at("projection"), "end_of_day_micros")) << " projected by midnight (burning "
+      << money(num(v, "burn_rate_micros_per_hour")) << "/h)\n";
+  for (const char* part : {"by_pool", "by_tenant", "by_kind"}) {
+    const json::object& o = v.at(part).as_object();
+    if (o.empty()) continue;
+    out << "  " << std::string(part).substr(3) << ":";
+    for (const auto& [k, m] : o) out << " " << std::string(k) << " " << money(m.to_number<std::int64_t>());
+    out << "\n";
+  }
+  out << "\nlast " << v.at("days").as_array().size() << " days (trend "
+      << money(num(v, "trend_micros_per_day")) << "/day):\n";
+  std::vector<std::vector<std::string>> days;
+  for (const json::value& d : v.at("days").as_array()) {
+    days.push_back({text(d, "day"), money(num(d, "total_micros"))});
+  }
+  print_table(out, days, 2);
+  const json::array& budgets = v.at("budgets").as_array();
+  if (!budgets.empty()) {
+    out << "\n";
+    std::vector<std::vector<std::string>> rows{{"BUDGET", "TODAY", "DAILY", "MONTH", "MONTHLY", "LEVEL"}};
+    for (const json::value& b : budgets) {
+      auto limit = [&](std::string_view key) {
+        const std::int64_t l = num(b, key);
+        return l > 0 ? money(l) : std::string("-");
+      };
+      rows.push_back({text(b, "budget"), money(num(b, "daily_spent_micros")), limit("daily_limit_micros"),
+                      money(num(b, "monthly_spent_micros")), limit("monthly_limit_micros"), text(b, "level")});
+    }
+    print_table(out, rows);
+  }
+  out << "\n";
+  std::vector<std::vector<std::string>> rows{
+      {"POOL", "TODAY", "SESSIONS", "LEASES", "PER SESSION", "PER USE", "SAVED", "BUDGET"}};
+  for (const json::value& p : v.at("pools").as_array()) {
+    rows.push_back({text(p, "pool"), money(num(p, "spent_today_micros")),
+                    std::to_string(num(p, "sessions_created")), std::to_string(num(p, "leases")),
+                    money(num(p, "cost_per_session_micros")), money(num(p, "cost_per_use_micros")),
+                    money(num(p, "saving_micros")),
+                    p.at("budget_exceeded").as_bool() ? "spent" : "ok"});
+  }
+  print_table(out, rows);
+}
+
 int print_or_fail(const Globals& g, const std::optional<json::value>& v, const std::string& plain) {
   if (!v) return 1;
   std::cout << (g.json ? json::serialize(*v) : plain) << "\n";
@@ -305,10 +361,21 @@ int run(int argc, char** argv) {
   resume_cmd->add_option("pool", pool, "The pool")->required();
   auto* drain_cmd = app.add_subcommand("drain", "Stop a pool's sessions as their leases end (admin)");
   drain_cmd->add_option("pool", pool, "The pool")->required();
+  int days = 7;
+  std::string tenant;
+  auto* cost_cmd = app.add_subcommand("cost", "What the pools cost: today, the last days, budgets, savings");
+  cost_cmd->add_option("pool", pool, "Only this pool");
+  cost_cmd->add_option("--days", days, "Days of history (1..62)")->check(CLI::Range(1, 62));
+  cost_cmd->add_option("--tenant", tenant, "Only this tenant's charges (admin)");
   auto* estop_cmd = app.add_subcommand("emergency-stop", "Refuse all but critical requests everywhere (admin)");
   auto* eresume_cmd = app.add_subcommand("emergency-resume", "End the emergency stop (admin)");
 
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help is 0; any usage error is 2 (CLI11's own codes are 100 and up).
+    return app.exit(e) == 0 ? 0 : 2;
+  }
   g.client = std::make_unique<cli::HttpClient>(g.url, env_or("POOLKEEPER_TOKEN", ""));
   if (const std::int64_t limit = flag_ms("request-timeout", request_timeout); limit > 0) {
     // A lease or exec may wait its --timeout at the daemon before any answer.
@@ -387,6 +454,19 @@ int run(int argc, char** argv) {
       auto v = call(g, "POST", "/v1/pools/" + quote_path(pool) + "/" + verb);
       return print_or_fail(g, v, std::string(verb) + ": pool " + pool);
     }
+  }
+  if (*cost_cmd) {
+    std::string target_path = "/v1/cost?days=" + std::to_string(days);
+    if (!pool.empty()) target_path += "&pool=" + quote_path(pool);
+    if (!tenant.empty()) target_path += "&tenant=" + quote_path(tenant);
+    auto v = call(g, "GET", target_path);
+    if (!v) return 1;
+    if (g.json) {
+      std::cout << json::serialize(*v) << "\n";
+    } else {
+      print_cost(*v, std::cout);
+    }
+    return 0;
   }
   if (*estop_cmd || *eresume_cmd) {
     const bool stop = static_cast<bool>(*estop_cmd);

@@ -524,6 +524,14 @@ TEST_F(DaemonTest, CliTalksToTheDaemon) {
   EXPECT_NE(r.output.find("unauthorized"), std::string::npos) << r.output;
   EXPECT_EQ(run_cli(port_, kAlice, "top --iterations 2 --interval 10ms").status, 0);
   EXPECT_EQ(run_cli(port_, kAlice, "exec echo 'not json'").status, 2);
+  r = run_cli(port_, kRoot, "cost --days 2");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("last 2 days"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("POOL"), std::string::npos) << r.output;
+  r = run_cli(port_, kRoot, "--json cost echo");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(json::parse(r.output).at("pools").as_array().size(), 1u);
+  EXPECT_EQ(run_cli(port_, kRoot, "cost --days 0").status, 2) << "checked before asking";
   r = run_cli(1, kAlice, "status");
   EXPECT_EQ(r.status, 1);
   EXPECT_NE(r.output.find("cannot reach the daemon"), std::string::npos) << r.output;
