@@ -104,6 +104,13 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
                {"run", std::to_string(store->run_id())}});
   }
   Ledger ledger(config, store.get(), wall_ms, log);
+  if (auto closed = ledger.reconcile(); !closed) {
+    log.write(runtime::LogLevel::kError, "cannot reconcile the store", {{"why", closed.error().message}});
+    return 2;
+  } else if (*closed > 0) {
+    log.write(runtime::LogLevel::kWarn, "reconciled sessions an earlier run left open",
+              {{"sessions", std::to_string(*closed)}});
+  }
   if (auto restored = ledger.restore(); !restored) {
     log.write(runtime::LogLevel::kError, "cannot read the cost totals",
               {{"why", restored.error().message}});

@@ -120,6 +120,30 @@ std::expected<void, Error> Ledger::restore() {
   return {};
 }
 
+std::expected<std::size_t, Error> Ledger::reconcile() {
+  if (store_ == nullptr) return 0;
+  auto open = store_->open_sessions_from_earlier_runs();
+  if (!open) return std::unexpected(open.error());
+  if (open->empty()) return 0;
+  std::vector<store::Record> rows;
+  for (const store::OpenSession& s : *open) {
+    rows.push_back(store::SessionReconciled{.run = s.run,
+                                            .pool = s.pool,
+                                            .session = s.session,
+                                            .at_ms = s.last_charge_ms,
+                                            .reason = "reconciled",
+                                            .cost_micros = s.charged_micros});
+  }
+  rows.push_back(store::AuditEntry{
+      .at_ms = now_ms_(),
+      .actor = "daemon",
+      .action = "reconcile",
+      .pool = {},
+      .detail = json::serialize(json::object{{"sessions", open->size()}})});
+  if (auto written = store_->write_sync(std::move(rows)); !written) return std::unexpected(written.error());
+  return open->size();
+}
+
 void Ledger::on_event(const std::string& pool, const core::Event& e) {
   using core::EventType;
   if (e.type != EventType::kSessionStarted && e.type != EventType::kSessionClosed &&

@@ -63,6 +63,10 @@ class Ledger {
   // Spending of the last two months from the store's daily totals, so that
   // budgets hold across restarts.
   std::expected<void, Error> restore();
+  // Closes in the store the sessions an earlier run left open (it was killed
+  // or crashed): at their last charge, with what they were charged. Their
+  // workers died with that run. Returns how many.
+  std::expected<std::size_t, Error> reconcile();
   // Prices and budgets from a reloaded configuration (new prices apply from now).
   void configure(const DaemonConfig& config);
   void set_budget_hook(BudgetHook hook);

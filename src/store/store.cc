@@ -113,6 +113,10 @@ CREATE TABLE alerts (
 );
 CREATE INDEX alerts_at ON alerts (at_ms);
 )sql",
+    // 3: a session's charges found without a scan (reconciliation at start).
+    R"sql(
+CREATE INDEX charges_session ON charges (run, pool, session);
+)sql",
 };
 static_assert(std::size(kMigrations) == kSchemaVersion);
 
@@ -571,15 +575,21 @@ std::expected<std::vector<OpenSession>, Error> Store::open_sessions_from_earlier
   std::vector<OpenSession> out;
   auto r = wait([&](Db& db) {
     Statement& s = db.prepare(
-        "SELECT run, pool, session, external_id, created_ms FROM sessions "
-        "WHERE closed_ms IS NULL AND run < ? ORDER BY run, pool, session");
+        "SELECT s.run, s.pool, s.session, s.external_id, s.created_ms, "
+        "coalesce(sum(c.micros), 0), coalesce(max(c.at_ms), s.created_ms) "
+        "FROM sessions s LEFT JOIN charges c "
+        "ON c.run = s.run AND c.pool = s.pool AND c.session = s.session "
+        "WHERE s.closed_ms IS NULL AND s.run < ? "
+        "GROUP BY s.run, s.pool, s.session ORDER BY s.run, s.pool, s.session");
     s.bind(1, run_);
     while (s.step()) {
       out.push_back(OpenSession{.run = s.integer(0),
                                 .pool = s.text(1),
                                 .session = static_cast<std::uint64_t>(s.integer(2)),
                                 .external_id = s.text(3),
-                                .created_ms = s.integer(4)});
+                                .created_ms = s.integer(4),
+                                .charged_micros = s.integer(5),
+                                .last_charge_ms = s.integer(6)});
     }
     s.reset();
   });

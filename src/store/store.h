@@ -48,7 +48,7 @@ namespace poolkeeper::store {
 class Db;
 
 // The schema this build writes; older files are migrated forward on open.
-inline constexpr int kSchemaVersion = 2;
+inline constexpr int kSchemaVersion = 3;
 
 struct SessionOpened {
   std::string pool;
@@ -151,6 +151,8 @@ struct OpenSession {
   std::uint64_t session = 0;
   std::string external_id;
   std::int64_t created_ms = 0;
+  std::int64_t charged_micros = 0;  // its charges in the ledger
+  std::int64_t last_charge_ms = 0;  // the latest of them (created_ms without any)
 };
 
 struct DailyCost {

@@ -283,7 +283,7 @@ TEST_F(StoreTest, MigratesOlderFilesAndRefusesNewerOnes) {
   {
     auto s = open();
     ASSERT_NE(s, nullptr);
-    EXPECT_EQ(s->schema_version(), 2);
+    EXPECT_EQ(s->schema_version(), kSchemaVersion);
     EXPECT_EQ(count("SELECT count(*) FROM sessions WHERE session = 3"), 1);
     EXPECT_EQ(count("SELECT micros FROM daily_costs"), 10);
     ASSERT_TRUE(s->write_sync({ClientSessionSaved{.id = "c", .document = "{}", .expires_ms = kStart + 1}})
@@ -307,7 +307,11 @@ TEST_F(StoreTest, FindsSessionsLeftOpenByEarlierRuns) {
   {
     auto s = open();
     first_run = s->run_id();
-    ASSERT_TRUE(s->write_sync({SessionOpened{.pool = "p", .session = 1, .external_id = "a", .at_ms = kStart},
+    ASSERT_TRUE(s->write_sync({Charge{.at_ms = kStart + 5, .day = utc_day(kStart), .pool = "p", .session = 2,
+                                      .kind = "created", .micros = 40},
+                               Charge{.at_ms = kStart + 7, .day = utc_day(kStart), .pool = "p", .session = 2,
+                                      .kind = "alive", .micros = 2},
+                               SessionOpened{.pool = "p", .session = 1, .external_id = "a", .at_ms = kStart},
                                SessionOpened{.pool = "p", .session = 2, .external_id = "b", .at_ms = kStart},
                                SessionClosed{.pool = "p", .session = 1, .at_ms = kStart + 10,
                                              .reason = "idle", .uses = 3, .cost_micros = 50}})
@@ -324,6 +328,8 @@ TEST_F(StoreTest, FindsSessionsLeftOpenByEarlierRuns) {
   EXPECT_EQ((*open_ones)[0].run, first_run);
   EXPECT_EQ((*open_ones)[0].external_id, "b");
   EXPECT_EQ((*open_ones)[0].created_ms, kStart);
+  EXPECT_EQ((*open_ones)[0].charged_micros, 42);
+  EXPECT_EQ((*open_ones)[0].last_charge_ms, kStart + 7);
   ASSERT_TRUE(s->write_sync({SessionReconciled{.run = first_run, .pool = "p", .session = 2,
                                                .at_ms = kStart + 99, .reason = "reconciled",
                                                .cost_micros = 70}})
