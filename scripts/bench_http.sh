@@ -21,6 +21,16 @@
 # connection; the daemon's memory, threads and descriptors before and with
 # them, one lease after the release, the queue drained when they go away.
 #
+#   scripts/bench_http.sh --ledger [--runs 3] [--duration 10] [--connections "16 64"]
+#
+# The store's cost instead: the same lease + release load (64 sessions)
+# against three daemons in turn: the store off; the store on with a pool
+# without prices (the lease rows are written without the requests waiting);
+# the store on with a priced pool (every acquire and release answers only once
+# its charges are committed), and the same with sync_to_disk = false (commits
+# survive the daemon, not the machine). Prints medians and each one's ratio to the
+# store-off daemon, and the store's transactions and records per second.
+#
 # Everything started here is stopped on exit, Ctrl-C included. --keep DIR
 # keeps the daemon's log, the config and wrk's raw output there.
 set -euo pipefail
@@ -31,6 +41,7 @@ duration=10
 connections="1 16 64 256"
 sessions=300
 waiters=0
+ledger=0
 rounds=1
 build=1
 keep=""
@@ -44,6 +55,7 @@ while (($#)); do
     --sessions) sessions="${2:?--sessions needs a value}"; shift 2 ;;
     --waiters) waiters="${2:?--waiters needs a value}"; shift 2 ;;
     --rounds) rounds="${2:?--rounds needs a value}"; shift 2 ;;
+    --ledger) ledger=1; shift ;;
     --no-build) build=0; shift ;;
     --keep) keep="${2:?--keep needs a value}"; shift 2 ;;
     -h|--help) usage ;;
@@ -227,6 +239,92 @@ EOF
   exit "$status"
 fi
 
+# Leases the last run left held are released; the rest (answers wrk never
+# read) are reclaimed by lease_timeout, and their sessions replaced. Waits
+# until nothing is leased and the pool is back to its min (/health 200).
+release_leftovers() {
+  if [[ -s "$tmp/leftover.txt" ]]; then
+    local urls=()
+    while read -r id; do urls+=("http://127.0.0.1:$daemon_port/v1/leases/$id"); done <"$tmp/leftover.txt"
+    curl -s --max-time 30 -X DELETE "${urls[@]}" >/dev/null || true
+    : >"$tmp/leftover.txt"
+  fi
+  settled() {
+    [[ "$(pool_stats | stat_field leased)" == 0 &&
+      "$(http_code "http://127.0.0.1:$daemon_port/health")" == 200 ]]
+  }
+  poll 60 settled || echo "bench_http.sh: warning: leases still held or sessions missing 60 s after a run" >&2
+}
+
+# --- The store's cost ------------------------------------------------------------
+
+if ((ledger)); then
+  [[ "$connections" == "1 16 64 256" ]] && connections="16 64"
+  results="$tmp/results.txt"
+  : >"$results"
+  echo "runs $runs, ${duration} s each, connections: $connections; $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+  for mode in off on priced priced-normal; do
+    rm -f "$tmp"/poolkeeper.db*
+    store_enabled=true
+    prices=""
+    sync_to_disk=true
+    [[ "$mode" == off ]] && store_enabled=false
+    [[ "$mode" == priced* ]] && prices=$'cost_per_session = 0.01\ncost_per_use = 0.001\ncost_per_hour_alive = 0.05'
+    [[ "$mode" == priced-normal ]] && sync_to_disk=false
+    cat >"$tmp/poolkeeper.toml" <<EOF
+[server]
+listen = "127.0.0.1:0"
+auth = "none"
+shutdown_grace = "2s"
+
+[store]
+enabled = $store_enabled
+sync_to_disk = $sync_to_disk
+path = "$tmp/poolkeeper.db"
+
+[pools.echo]
+command = ["$bin/poolkeeper-echo-worker"]
+min = 64
+max = 64
+max_queue = 100000
+lease_timeout = "10s"
+$prices
+EOF
+    start_daemon
+    started_at=$(date +%s)
+    for ((run = 1; run <= runs; run++)); do
+      for c in $connections; do
+        out="$tmp/wrk-$mode-$run-$c.txt"
+        run_child wrk -t $((c < 2 ? c : 2)) -c "$c" -d "${duration}s" --timeout 10s --latency \
+          -s "$root/bench/http/lease.lua" "http://127.0.0.1:$daemon_port" -- echo "$tmp/leftover.txt" \
+          >"$out" 2>&1 || { echo "bench_http.sh: wrk failed:" >&2; cat "$out" >&2; exit 1; }
+        line="$(grep -m1 '^result ' "$out" || true)"
+        [[ -n "$line" ]] || { echo "bench_http.sh: no result from wrk:" >&2; cat "$out" >&2; exit 1; }
+        echo "$run $c $mode ${line#result }" >>"$results"
+        printf '  run %d, %4d connections, store %-13s %s\n' "$run" "$c" "$mode" \
+          "$(tr ' ' '\n' <<<"$line" | grep -E '^(rps|p50_us|p99_us|non2xx|socket_errors)=' | tr '\n' ' ')" >&2
+        release_leftovers
+      done
+    done
+    elapsed=$(($(date +%s) - started_at))
+    ((elapsed > 0)) || elapsed=1
+    log_problems
+    stop_daemon
+    closed="$(grep -m1 '"msg":"store closed"' "$tmp/daemon.log" || true)"
+    if [[ -n "$closed" ]]; then
+      tx="$(grep -o '"transactions":"[0-9]*"' <<<"$closed" | grep -o '[0-9][0-9]*')"
+      rec="$(grep -o '"records":"[0-9]*"' <<<"$closed" | grep -o '[0-9][0-9]*')"
+      big="$(grep -o '"largest_transaction":"[0-9]*"' <<<"$closed" | grep -o '[0-9][0-9]*')"
+      echo "store $mode: $tx commits, $rec records in $elapsed s: $((rec / elapsed)) records/s, $((tx / elapsed)) commits/s, $((rec / (tx > 0 ? tx : 1))) records a commit on average, $big at most" >>"$tmp/store.txt"
+    fi
+  done
+  echo
+  python3 "$root/bench/http/ledger_table.py" "$results"
+  echo
+  cat "$tmp/store.txt"
+  exit 0
+fi
+
 # --- The load benchmark ---------------------------------------------------------
 
 cat >"$tmp/poolkeeper.toml" <<EOF
@@ -302,23 +400,6 @@ run_wrk() {
   echo "$run $c $target ${line#result }" >>"$results"
   printf '  run %d, %4d connections, %-6s %s\n' "$run" "$c" "$target" \
     "$(tr ' ' '\n' <<<"$line" | grep -E '^(rps|p50_us|p99_us|non2xx|socket_errors)=' | tr '\n' ' ')" >&2
-}
-
-# Leases the last run left held are released; the rest (answers wrk never
-# read) are reclaimed by lease_timeout, and their sessions replaced. Waits
-# until nothing is leased and the pool is back to its min (/health 200).
-release_leftovers() {
-  if [[ -s "$tmp/leftover.txt" ]]; then
-    local urls=()
-    while read -r id; do urls+=("http://127.0.0.1:$daemon_port/v1/leases/$id"); done <"$tmp/leftover.txt"
-    curl -s --max-time 30 -X DELETE "${urls[@]}" >/dev/null || true
-    : >"$tmp/leftover.txt"
-  fi
-  settled() {
-    [[ "$(pool_stats | stat_field leased)" == 0 &&
-      "$(http_code "http://127.0.0.1:$daemon_port/health")" == 200 ]]
-  }
-  poll 60 settled || echo "bench_http.sh: warning: leases still held or sessions missing 60 s after a run" >&2
 }
 
 for ((run = 1; run <= runs; run++)); do

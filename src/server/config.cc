@@ -327,6 +327,7 @@ std::vector<Field> store_fields(StoreConfig& s) {
   return {
       {"enabled", boolean(s.enabled)},
       {"path", string(s.path)},
+      {"sync_to_disk", boolean(s.sync_to_disk)},
       {"retention", duration(s.retention)},
       {"daily_retention", duration(s.daily_retention)},
   };

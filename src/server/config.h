@@ -61,6 +61,7 @@ struct ServerConfig {
 struct StoreConfig {
   bool enabled = true;
   std::string path = "poolkeeper.db";  // SQLite file; relative to the config file's directory
+  bool sync_to_disk = true;  // false: commits survive the daemon's crash, not the machine's
   Duration retention = std::chrono::hours(24 * 7);         // detail rows
   Duration daily_retention = std::chrono::hours(24 * 400);  // daily cost totals
 

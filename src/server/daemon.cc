@@ -90,6 +90,7 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
   if (config.store.enabled) {
     auto opened = store::Store::open(
         {.path = config.store.path,
+         .sync_to_disk = config.store.sync_to_disk,
          .retention = std::chrono::duration_cast<std::chrono::milliseconds>(config.store.retention),
          .daily_retention =
              std::chrono::duration_cast<std::chrono::milliseconds>(config.store.daily_retention)});
@@ -302,6 +303,16 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
   for (unsigned i = 1; i < threads; ++i) pool.emplace_back([&io] { io.run(); });
   io.run();
   for (auto& t : pool) t.join();
+  runners.clear();  // nothing reports to the ledger any more
+  if (store) {
+    store->close();  // commits what is queued
+    const store::StoreStats st = store->stats();
+    log.write(runtime::LogLevel::kInfo, "store closed",
+              {{"transactions", std::to_string(st.batches)},
+               {"records", std::to_string(st.records)},
+               {"largest_transaction", std::to_string(st.largest_batch)},
+               {"failed_transactions", std::to_string(st.failed_batches)}});
+  }
   return 0;
 }
 

@@ -189,8 +189,9 @@ std::expected<std::unique_ptr<Store>, Error> Store::open(StoreOptions options) {
       return std::unexpected(Error(ErrorCode::kStoreUnavailable,
                                    "store " + options.path + ": the file cannot use WAL mode"));
     }
-    // Every commit reaches the disk before it is acknowledged.
-    db->exec("PRAGMA synchronous = FULL");
+    // FULL: every commit reaches the disk before it is acknowledged. NORMAL
+    // (in WAL mode): a commit survives the process, not the machine.
+    db->exec(options.sync_to_disk ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL");
     db->exec("PRAGMA journal_size_limit = 67108864");
     const int found = static_cast<int>(db->query_integer("PRAGMA user_version").value_or(0));
     if (found > kSchemaVersion) {
@@ -268,22 +269,22 @@ std::uint64_t Store::mark() const {
 }
 
 void Store::sync(std::uint64_t since, Done done) {
-  std::uint64_t before = 0;
   {
     std::lock_guard lock(mu_);
-    before = next_seq_;
+    if (!closing_) {
+      // A barrier rides along with the writes around it (it does not end a
+      // transaction's batch), and is answered once the batch is committed.
+      jobs_.push_back(Job{.records = {},
+                          .fn = {},
+                          .done = std::move(done),
+                          .seq = next_seq_++,
+                          .barrier = true,
+                          .since = since});
+      wake_.notify_one();
+      return;
+    }
   }
-  // A query runs after every job queued before it.
-  auto outcome = std::make_shared<std::expected<void, Error>>();
-  query(
-      [this, since, before, outcome](Db&) {
-        std::lock_guard lock(mu_);
-        auto it = failed_.upper_bound(since);
-        if (it != failed_.end() && it->first < before) *outcome = std::unexpected(it->second);
-      },
-      [outcome, done = std::move(done)](std::expected<void, Error> r) {
-        answer(done, r ? *outcome : r);
-      });
+  answer(done, std::unexpected(Error(ErrorCode::kShutdown, "the store is closed")));
 }
 
 void Store::query(std::function<void(Db&)> fn, Done done) {
@@ -307,10 +308,12 @@ void Store::loop() {
                                                                std::chrono::seconds(10)),
                      [&] { return closing_ || !jobs_.empty(); });
       if (jobs_.empty() && closing_) break;
-      if (!jobs_.empty() && !jobs_.front().records.empty()) {
-        // Every write queued now goes into one transaction.
+      auto is_query = [](const Job& j) { return j.records.empty() && !j.barrier; };
+      if (!jobs_.empty() && !is_query(jobs_.front())) {
+        // Every write queued now goes into one transaction, with the
+        // barriers queued among them.
         std::size_t records = 0;
-        while (!jobs_.empty() && !jobs_.front().records.empty() &&
+        while (!jobs_.empty() && !is_query(jobs_.front()) &&
                (records == 0 || records + jobs_.front().records.size() <= options_.max_batch)) {
           records += jobs_.front().records.size();
           batch.push_back(std::move(jobs_.front()));
@@ -321,7 +324,7 @@ void Store::loop() {
         jobs_.pop_front();
       }
     }
-    if (!batch.empty() && batch.front().records.empty()) {
+    if (!batch.empty() && batch.front().records.empty() && !batch.front().barrier) {
       Job& q = batch.front();
       try {
         q.fn(*db_);
@@ -334,7 +337,18 @@ void Store::loop() {
         answer(q.done, std::unexpected(Error(ErrorCode::kInternal, e.what())));
       }
     } else if (!batch.empty()) {
-      commit(batch);
+      std::vector<Job> writes, barriers;
+      for (Job& j : batch) (j.barrier ? barriers : writes).push_back(std::move(j));
+      if (!writes.empty()) commit(writes);
+      for (const Job& b : barriers) {
+        std::expected<void, Error> outcome;
+        {
+          std::lock_guard lock(mu_);
+          auto it = failed_.upper_bound(b.since);
+          if (it != failed_.end() && it->first < b.seq) outcome = std::unexpected(it->second);
+        }
+        answer(b.done, std::move(outcome));
+      }
     }
     if (options_.now_ms() >= next_maintenance_ms_) run_maintenance(*db_);
   }

@@ -176,6 +176,10 @@ struct StoreStats {
 struct StoreOptions {
   std::string path = "poolkeeper.db";
   std::string vfs{};  // a registered SQLite VFS (tests inject faults with one)
+  // true: a commit is on disk when it returns (survives a power loss);
+  // false: it survives the daemon's crash but not the machine's (WAL with
+  // synchronous=NORMAL), and costs no fsync per commit.
+  bool sync_to_disk = true;
   std::chrono::milliseconds retention{std::chrono::hours(24 * 7)};
   std::chrono::milliseconds daily_retention{std::chrono::hours(24 * 400)};
   std::chrono::milliseconds maintenance_every{std::chrono::minutes(10)};
@@ -233,6 +237,8 @@ class Store {
     std::function<void(Db&)> fn;  // else a query
     Done done;
     std::uint64_t seq = 0;
+    bool barrier = false;     // a sync(): answered after the writes before it
+    std::uint64_t since = 0;  // its mark
   };
 
   Store(StoreOptions options, std::unique_ptr<Db> db, std::int64_t run, int version);

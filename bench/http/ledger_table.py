@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Prints scripts/bench_http.sh --ledger's results as a markdown table.
+
+  ledger_table.py RESULTS
+
+RESULTS has one line per wrk run: `RUN CONNECTIONS MODE` (off, on or priced)
+followed by the key=value fields of the scripts' `result` line
+(bench/http/common.lua). Each cell is the median over the runs; a ratio to
+the store-off daemon is taken between the medians (the modes ran one after
+the other, not interleaved). Standard library only.
+"""
+
+import statistics
+import sys
+
+MODES = [("off", "store off"), ("on", "store on, no prices"), ("priced", "store on, priced pool"),
+         ("priced-normal", "priced, sync_to_disk = false")]
+
+
+def read(path):
+    rows = []
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) < 3:
+                continue
+            row = {"run": int(parts[0]), "connections": int(parts[1]), "mode": parts[2]}
+            for field in parts[3:]:
+                key, _, value = field.partition("=")
+                row[key] = value
+            rows.append(row)
+    return rows
+
+
+def rate(x):
+    return f"{x / 1000:.1f} k" if x >= 1000 else f"{x:.0f}"
+
+
+def micros(us):
+    return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} µs"
+
+
+def main():
+    rows = read(sys.argv[1])
+    runs = sorted({r["run"] for r in rows})
+    print(f"Medians of {len(runs)} run(s); a cycle is an acquire and its release.")
+    print()
+    print("| connections | daemon | req/s | / store off | cycles/s | p50 / p99 | errors |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    failed = False
+    for c in sorted({r["connections"] for r in rows}):
+        base = None
+        for mode, label in MODES:
+            rs = [r for r in rows if r["connections"] == c and r["mode"] == mode]
+            if not rs:
+                continue
+            rps = statistics.median(float(r["rps"]) for r in rs)
+            p50 = statistics.median(float(r["p50_us"]) for r in rs)
+            p99 = statistics.median(float(r["p99_us"]) for r in rs)
+            errors = sum(int(r["non2xx"]) + int(r["socket_errors"]) for r in rs)
+            failed |= errors > 0
+            if mode == "off":
+                base = rps
+            ratio = f"{rps / base:.2f}" if base else "-"
+            print(f"| {c} | {label} | {rate(rps)} | {ratio} | {rate(rps / 2)} | "
+                  f"{micros(p50)} / {micros(p99)} | {errors} |")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
