@@ -280,6 +280,7 @@ void Store::sync(std::uint64_t since, Done done) {
                           .seq = next_seq_++,
                           .barrier = true,
                           .since = since});
+      ++barriers_queued_;
       wake_.notify_one();
       return;
     }
@@ -313,11 +314,23 @@ void Store::loop() {
         // Every write queued now goes into one transaction, with the
         // barriers queued among them.
         std::size_t records = 0;
-        while (!jobs_.empty() && !is_query(jobs_.front()) &&
-               (records == 0 || records + jobs_.front().records.size() <= options_.max_batch)) {
-          records += jobs_.front().records.size();
-          batch.push_back(std::move(jobs_.front()));
-          jobs_.pop_front();
+        bool waited = false;
+        for (;;) {
+          while (!jobs_.empty() && !is_query(jobs_.front()) &&
+                 (records == 0 || records + jobs_.front().records.size() <= options_.max_batch)) {
+            records += jobs_.front().records.size();
+            if (jobs_.front().barrier) --barriers_queued_;
+            batch.push_back(std::move(jobs_.front()));
+            jobs_.pop_front();
+          }
+          const bool awaited = std::any_of(batch.begin(), batch.end(), [](const Job& j) { return j.barrier; });
+          // Nobody waits on these writes: a moment for more to share the commit.
+          if (waited || awaited || closing_ || options_.linger.count() <= 0 ||
+              records >= options_.max_batch || (!jobs_.empty() && is_query(jobs_.front()))) {
+            break;
+          }
+          waited = true;
+          wake_.wait_for(lock, options_.linger, [&] { return closing_ || barriers_queued_ > 0; });
         }
       } else if (!jobs_.empty()) {
         batch.push_back(std::move(jobs_.front()));

@@ -184,6 +184,9 @@ struct StoreOptions {
   std::chrono::milliseconds daily_retention{std::chrono::hours(24 * 400)};
   std::chrono::milliseconds maintenance_every{std::chrono::minutes(10)};
   std::size_t max_batch = 4096;  // records in one transaction at most
+  // Writes nobody waits on (no sync() queued) wait this long for more to
+  // share their commit.
+  std::chrono::milliseconds linger{10};
   // The schema version to migrate to (tests build older files with it).
   int schema_version = kSchemaVersion;
   // Wall time in UNIX milliseconds; tests pass their own.
@@ -259,6 +262,7 @@ class Store {
   std::deque<Job> jobs_;
   bool closing_ = false;
   std::uint64_t next_seq_ = 1;
+  std::size_t barriers_queued_ = 0;
   // Sequence numbers of failed writes, the most recent kKeptFailures, with
   // the error of each.
   std::map<std::uint64_t, Error> failed_;
