@@ -3,7 +3,7 @@
 
   ledger_table.py RESULTS
 
-RESULTS has one line per wrk run: `RUN CONNECTIONS MODE` (off, on or priced)
+RESULTS has one line per wrk run: `RUN CONNECTIONS MODE` (off, on, priced, priced-normal)
 followed by the key=value fields of the scripts' `result` line
 (bench/http/common.lua). Each cell is the median over the runs; a ratio to
 the store-off daemon is taken between the medians (the modes ran one after
@@ -13,31 +13,10 @@ the other, not interleaved). Standard library only.
 import statistics
 import sys
 
+from table import micros, rate, read  # the same results format
+
 MODES = [("off", "store off"), ("on", "store on, no prices"), ("priced", "store on, priced pool"),
          ("priced-normal", "priced, sync_to_disk = false")]
-
-
-def read(path):
-    rows = []
-    with open(path) as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) < 3:
-                continue
-            row = {"run": int(parts[0]), "connections": int(parts[1]), "mode": parts[2]}
-            for field in parts[3:]:
-                key, _, value = field.partition("=")
-                row[key] = value
-            rows.append(row)
-    return rows
-
-
-def rate(x):
-    return f"{x / 1000:.1f} k" if x >= 1000 else f"{x:.0f}"
-
-
-def micros(us):
-    return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} µs"
 
 
 def main():
@@ -51,7 +30,7 @@ def main():
     for c in sorted({r["connections"] for r in rows}):
         base = None
         for mode, label in MODES:
-            rs = [r for r in rows if r["connections"] == c and r["mode"] == mode]
+            rs = [r for r in rows if r["connections"] == c and r["target"] == mode]
             if not rs:
                 continue
             rps = statistics.median(float(r["rps"]) for r in rs)

@@ -17,6 +17,7 @@
 
 #include "store/sqlite.h"
 #include "testing/daemon_process.h"
+#include "testing/daemon_tenants.h"
 #include "testing/http_client.h"
 #include "testing/wait.h"
 
@@ -26,13 +27,7 @@ namespace {
 namespace json = boost::json;
 using namespace std::chrono_literals;
 
-const std::string kAlice = "alice-token-0123456789";
-const std::string kBob = "bob-token-0123456789ab";
-const std::string kRoot = "root-token-0123456789a";
 
-std::vector<std::string> token_env() {
-  return {"ALICE_TOKEN=" + kAlice, "BOB_TOKEN=" + kBob, "ROOT_TOKEN=" + kRoot};
-}
 
 // Tenants alice, bob (with a tiny daily budget) and root (admin), and the
 // given pools and extra sections.

@@ -17,6 +17,7 @@
 #include <string>
 
 #include "testing/daemon_process.h"
+#include "testing/daemon_tenants.h"
 #include "testing/http_client.h"
 #include "testing/process_util.h"
 #include "testing/wait.h"
@@ -27,9 +28,6 @@ namespace {
 namespace json = boost::json;
 using namespace std::chrono_literals;
 
-const std::string kAlice = "alice-token-0123456789";
-const std::string kBob = "bob-token-0123456789ab";
-const std::string kRoot = "root-token-0123456789a";
 
 std::string config_text(const std::string& shutdown_grace = "10s") {
   return std::string(R"(
@@ -71,9 +69,6 @@ admin = true
 )";
 }
 
-std::vector<std::string> token_env() {
-  return {"ALICE_TOKEN=" + kAlice, "BOB_TOKEN=" + kBob, "ROOT_TOKEN=" + kRoot};
-}
 
 class DaemonTest : public ::testing::Test {
  protected:
