@@ -163,19 +163,6 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
   for (auto& r : runners) r->start();
   server.start();
 
-  // Time charges and budgets, once a second.
-  asio::steady_timer books_timer(io);
-  bool books_stopped = false;
-  asio::co_spawn(
-      io,
-      [&]() -> asio::awaitable<void> {
-        while (!books_stopped) {
-          books_timer.expires_after(1s);
-          (void)co_await books_timer.async_wait(asio::as_tuple(asio::use_awaitable));
-          ledger.tick();
-        }
-      },
-      asio::detached);
   const std::string address = (config.server.host.find(':') != std::string::npos
                                    ? "[" + config.server.host + "]"
                                    : config.server.host) +
@@ -188,6 +175,21 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
 
   // Signals and the shutdown run on one strand: their state needs no lock.
   auto control = asio::make_strand(io);
+
+  // Time charges and budgets, once a second (on the control strand, like the
+  // shutdown that stops it).
+  asio::steady_timer books_timer(control);
+  bool books_stopped = false;
+  asio::co_spawn(
+      control,
+      [&]() -> asio::awaitable<void> {
+        while (!books_stopped) {
+          books_timer.expires_after(1s);
+          (void)co_await books_timer.async_wait(asio::as_tuple(asio::use_awaitable));
+          ledger.tick();
+        }
+      },
+      asio::detached);
   asio::signal_set signals(control, SIGTERM, SIGINT, SIGHUP);
 
   // New work is refused from now on; every runner at once answers its
