@@ -75,6 +75,10 @@ class DriverSession {
   virtual std::string connect() const = 0;
   // One line for logs and the sessions view ("pid 1234").
   virtual std::string describe() const = 0;
+  // The session's name outside the daemon (a provider's session id), kept in
+  // the store so a session left open by a crash can be found again; empty
+  // when nothing outlives the daemon.
+  virtual std::string external_id() const { return {}; }
 };
 
 class Driver {

@@ -3,6 +3,7 @@
 Browserbase, ...) for tests of the "remote" pool driver. Python 3 stdlib only.
 
     remote_provider.py [--host 127.0.0.1] [--port 0] [--api-key KEY] [--state FILE]
+                       [--tls-cert PEM --tls-key PEM]
 
 KEY defaults to $FAKE_PROVIDER_KEY, else "test-key". When ready it prints one
 line to stdout, "listening on HOST:PORT"; the access log goes to stderr.
@@ -18,17 +19,19 @@ an offset that only grows (advance_s); every timestamp is UNIX seconds (float)
 on it, so an advance bills the open sessions.
 
 /v1 routes need "Authorization: Bearer KEY", else 401 {"error": "unauthorized"}.
-  POST   /v1/sessions  a JSON object (empty body: {}); "platform" is kept
+  POST   /v1/sessions  a JSON object (empty body: {}); "platform" (a string) and
+         "metadata" (an object, at most 4 KiB as JSON) are kept
          201 {"data": {"id": "sess_<16 hex>", "status": "running", "platform":
-              str (default "default"), "cdp_url": "ws://HOST:PORT/devtools/<id>"
-              (not served), "created_at": T}}
+              str (default "default"), "metadata": {...}, "cdp_url":
+              "ws://HOST:PORT/devtools/<id>" (not served; wss:// with TLS),
+              "created_at": T}}
          400 {"error": "bad_request", "detail": str} not an object / platform
              not a string;  429 {"error": "too_many_sessions"} (max_sessions)
   GET    /v1/sessions/ID  200 {"data": SESSION}; 404 {"error": "not_found"}
   DELETE /v1/sessions/ID  200 {"data": {"id", "status": "stopped", "cost_micros"}},
          the same again once stopped or lost; 404 for an unknown ID
   GET    /v1/sessions  200 {"data": [SESSION, ...]}, every session, oldest first
-  SESSION = {"id", "status": "running"|"stopped", "created_at": T,
+  SESSION = {"id", "status": "starting"|"running"|"stopped", "platform", "metadata", "created_at": T,
              "stopped_at": T|null, "cost_micros": int (so far while running)}
 A /v1 request: body read (413 over 1 MiB); faults: drop_next, else fail_next,
 else fail_rate (a faulty request does nothing, not even auth); auth; the work;
@@ -55,19 +58,23 @@ Control routes, no auth:
        delay_ms: 0..600000  every /v1 request answers this much later
        lose: ID             the session stops on the provider's side now: billing
                             ends, "stopped", lost: true (no-op once stopped)
+       ready_after_s: 0..3600  new sessions say "starting" (create, get, list)
+                            until this long after creation, then "running"
        lose_next_created: N the next N created sessions are lost at once: the
                             create answer says "running", later looks "stopped";
                             they cost just the fee
        N >= 0 is set, not added. Applied: reset, settings, advance_s, lose.
        200 with the settings in force: {"create_fee_micros", "per_hour_micros",
        "max_sessions", "fail_next", "fail_rate", "fail_status", "seed",
-       "delay_ms", "drop_next", "lose_next_created", "clock_offset_s"}; 400
+       "delay_ms", "drop_next", "lose_next_created", "ready_after_s", "clock_offset_s"}; 400
        bad_request for an unknown key or bad value, 404 not_found for an unknown
        lose ID, and then nothing changes.
 Garbage: unknown path 404 not_found; wrong method 405 method_not_allowed (with
 Allow); bad JSON 400; a body over 1 MiB 413 payload_too_large, a chunked one
 411 length_required (both unread, connection closed); protocol errors answer
 JSON too ({"error", "detail"}). Nothing crashes the fake.
+
+--tls-cert/--tls-key: serve https (TLS 1.2+) with this certificate.
 
 --state FILE: sessions and clock offset are written to FILE (temp file +
 rename) after every change and read at start, so a restarted fake remembers
@@ -84,11 +91,12 @@ import os
 import random
 import secrets
 import signal
+import ssl
 import sys
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, NamedTuple
@@ -134,6 +142,7 @@ class Settings:
     delay_ms: float = 0.0
     drop_next: int = 0
     lose_next_created: int = 0
+    ready_after_s: float = 0.0
 
 
 @dataclass
@@ -145,6 +154,13 @@ class Session:
     per_hour_micros: int
     stopped_at: float | None = None
     lost: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+    ready_at: float = 0.0
+
+    def status(self, now: float) -> str:
+        if self.stopped_at is not None:
+            return "stopped"
+        return "starting" if now < self.ready_at else "running"
 
     def cost_micros(self, now: float) -> int:
         end = now if self.stopped_at is None else self.stopped_at
@@ -152,7 +168,8 @@ class Session:
         return self.create_fee_micros + (seconds * self.per_hour_micros + 3599) // 3600
 
     def view(self, now: float) -> dict[str, Any]:
-        return {"id": self.id, "status": "running" if self.stopped_at is None else "stopped",
+        return {"id": self.id, "status": self.status(now),
+                "platform": self.platform, "metadata": self.metadata,
                 "created_at": self.created_at, "stopped_at": self.stopped_at,
                 "cost_micros": self.cost_micros(now)}
 
@@ -179,6 +196,7 @@ CONTROL_KEYS: dict[str, Callable[[Any], bool]] = {
     "delay_ms": lambda v: is_number(v, 0, 600_000),
     "lose": lambda v: isinstance(v, str),
     "lose_next_created": is_int,
+    "ready_after_s": lambda v: is_number(v, 0, 3600),
 }
 
 
@@ -189,6 +207,7 @@ class Provider:
         self.lock = threading.Lock()
         self.state_file = state_file
         self.address = ""  # HOST:PORT for cdp_url, set once the server is bound
+        self.scheme = "ws"  # "wss" when serving https
         self._wall0 = time.time()
         self._mono0 = time.monotonic()
         self._forget()
@@ -253,21 +272,25 @@ class Provider:
             platform = params.get("platform", "default")
             if not isinstance(platform, str):
                 return bad_request("platform must be a string")
+            metadata = params.get("metadata", {})
+            if not isinstance(metadata, dict) or len(json.dumps(metadata)) > 4096:
+                return bad_request("metadata must be an object of at most 4096 bytes as JSON")
             limit = self.settings.max_sessions
             if limit is not None and self._open_count() >= limit:
                 return Reply(429, {"error": "too_many_sessions"})
             now = self._now()
             session = Session("sess_" + secrets.token_hex(8), platform, now,
-                              self.settings.create_fee_micros, self.settings.per_hour_micros)
+                              self.settings.create_fee_micros, self.settings.per_hour_micros,
+                              metadata=metadata, ready_at=now + self.settings.ready_after_s)
             self.sessions[session.id] = session
             if self.settings.lose_next_created > 0:
                 self.settings.lose_next_created -= 1
                 session.stopped_at, session.lost = now, True
             self._save()
             return Reply(201, {"data": {
-                "id": session.id, "status": "running",
-                "cdp_url": f"ws://{self.address}/devtools/{session.id}",
-                "platform": platform, "created_at": now}})
+                "id": session.id, "status": "starting" if self.settings.ready_after_s > 0 else "running",
+                "cdp_url": f"{self.scheme}://{self.address}/devtools/{session.id}",
+                "platform": platform, "metadata": metadata, "created_at": now}})
 
     def get(self, session_id: str) -> Reply:
         with self.lock:
@@ -469,7 +492,11 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--api-key", default=os.environ.get("FAKE_PROVIDER_KEY", "test-key"))
     parser.add_argument("--state", metavar="FILE", help="save and restore sessions in FILE")
+    parser.add_argument("--tls-cert", metavar="PEM", help="serve https with this certificate chain")
+    parser.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     args = parser.parse_args()
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
     if not args.api_key:
         parser.error("the API key must not be empty")
     try:
@@ -481,6 +508,13 @@ def main() -> int:
     # only sigwait below ever sees the two signals.
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     server = FakeServer((args.host, args.port), provider, args.api_key)
+    if args.tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        # The handshake happens on the connection's own thread, at its first read.
+        server.socket = context.wrap_socket(server.socket, server_side=True,
+                                            do_handshake_on_connect=False)
+        provider.scheme = "wss"
     host, port = server.server_address[:2]
     provider.address = f"{host}:{port}"
     threading.Thread(target=server.serve_forever, args=(0.1,), daemon=True).start()

@@ -18,6 +18,7 @@ import random
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -207,7 +208,9 @@ class ApiTest(SharedFakeTest):
     def test_create_answers_a_running_session(self) -> None:
         before = time.time()
         session = self.fake.create()
-        self.assertEqual(set(session), {"id", "status", "cdp_url", "platform", "created_at"})
+        self.assertEqual(set(session),
+                         {"id", "status", "cdp_url", "platform", "metadata", "created_at"})
+        self.assertEqual(session["metadata"], {})
         self.assertRegex(session["id"], r"^sess_[0-9a-f]{16}$")
         self.assertEqual(session["status"], "running")
         self.assertEqual(session["platform"], "default")
@@ -220,6 +223,19 @@ class ApiTest(SharedFakeTest):
         empty = self.fake.call("POST", "/v1/sessions", raw=b"")
         self.assertEqual((empty.status, empty.body["data"]["platform"]), (201, "default"))
         self.assertEqual(self.fake.billing()["open"], 3)
+
+    def test_create_keeps_metadata_and_lists_it(self) -> None:
+        tag = {"poolkeeper": "abc/pool/7", "n": [1, 2]}
+        session = self.fake.create(metadata=tag)
+        self.assertEqual(session["metadata"], tag)
+        self.assertEqual(self.fake.session(session["id"])["metadata"], tag)
+        listed = self.fake.call("GET", "/v1/sessions").body["data"]
+        self.assertEqual([s["metadata"] for s in listed], [tag])
+        for bad in ([1], "text", 7, {"big": "x" * 5000}):
+            with self.subTest(metadata=str(bad)[:20]):
+                self.assert_error(self.fake.call("POST", "/v1/sessions", {"metadata": bad}),
+                                  400, "bad_request")
+        self.assertEqual(self.fake.billing()["open"], 1)
 
     def test_create_refuses_a_body_that_is_not_a_json_object(self) -> None:
         bodies = [b"[]", b"42", b'"text"', b"null", b"{", b"not json", b"\xff\xfe\x00",
@@ -235,7 +251,8 @@ class ApiTest(SharedFakeTest):
     def test_get_reports_a_session_running_then_stopped(self) -> None:
         session = self.fake.create()
         running = self.fake.session(session["id"])
-        self.assertEqual(set(running), {"id", "status", "created_at", "stopped_at", "cost_micros"})
+        self.assertEqual(set(running), {"id", "status", "platform", "metadata", "created_at",
+                                        "stopped_at", "cost_micros"})
         self.assertEqual((running["id"], running["status"], running["stopped_at"]),
                          (session["id"], "running", None))
         self.assertEqual(running["created_at"], session["created_at"])
@@ -474,6 +491,16 @@ class FaultTest(SharedFakeTest):
         self.assertEqual([s["lost"] for s in billing["sessions"]], [True, True, False])
         self.assertEqual((billing["open"], self.fake.control()["lose_next_created"]), (1, 0))
 
+    def test_ready_after_s_says_starting_until_then(self) -> None:
+        self.fake.control(ready_after_s=30)
+        session = self.fake.create()
+        self.assertEqual(session["status"], "starting")
+        self.assertEqual(self.fake.session(session["id"])["status"], "starting")
+        self.fake.control(advance_s=31)
+        self.assertEqual(self.fake.session(session["id"])["status"], "running")
+        self.fake.delete(session["id"])
+        self.assertEqual(self.fake.session(session["id"])["status"], "stopped")
+
     def test_max_sessions_caps_open_sessions(self) -> None:
         self.fake.control(max_sessions=2)
         first, second = self.fake.create(), self.fake.create()
@@ -524,13 +551,14 @@ class FaultTest(SharedFakeTest):
 class ControlTest(SharedFakeTest):
     DEFAULTS = {"create_fee_micros": FEE, "per_hour_micros": PER_HOUR, "max_sessions": None,
                 "fail_next": 0, "fail_rate": 0, "fail_status": 500, "seed": 0, "delay_ms": 0,
-                "drop_next": 0, "lose_next_created": 0, "clock_offset_s": 0}
+                "drop_next": 0, "lose_next_created": 0, "ready_after_s": 0, "clock_offset_s": 0}
 
     def test_control_answers_the_settings_in_force(self) -> None:
         self.assertEqual(self.fake.control(), self.DEFAULTS)
         changes = {"create_fee_micros": 1, "per_hour_micros": 2, "max_sessions": 3,
                    "fail_next": 4, "fail_rate": 0.5, "fail_status": 502, "seed": 6,
-                   "delay_ms": 7.5, "drop_next": 8, "lose_next_created": 9}
+                   "delay_ms": 7.5, "drop_next": 8, "lose_next_created": 9,
+                   "ready_after_s": 10}
         self.assertEqual(self.fake.control(**changes), self.DEFAULTS | changes)
         answer = self.fake.call("POST", "/_fake/control", raw=b"", key=None)
         self.assertEqual(answer.body, self.DEFAULTS | changes)
@@ -544,7 +572,7 @@ class ControlTest(SharedFakeTest):
                {"delay_ms": 600_001}, {"max_sessions": -1}, {"max_sessions": "3"},
                {"advance_s": "1"}, {"seed": 1.0}, {"lose": 3}, {"reset": "yes"},
                {"create_fee_micros": -5}, {"per_hour_micros": None}, {"drop_next": []},
-               {"lose_next_created": {}}]
+               {"lose_next_created": {}}, {"ready_after_s": -1}, {"ready_after_s": 3601}]
         for body in bad:
             with self.subTest(body=body):
                 self.assert_error(self.fake.call("POST", "/_fake/control", body, key=None),
@@ -658,6 +686,34 @@ class ProcessTest(unittest.TestCase):
                 self.assert_stops_cleanly(fake, signum)
                 idle.close()
                 stuck.close()
+
+    def test_tls_serves_https_with_the_given_certificate(self) -> None:
+        folder = self.temp_dir()
+        cert, key = folder / "cert.pem", folder / "key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", str(key), "-out", str(cert)],
+                       check=True, capture_output=True, timeout=DEADLINE_S)
+        fake = self.start("--tls-cert", str(cert), "--tls-key", str(key))
+        context = ssl.create_default_context(cafile=str(cert))
+        https = http.client.HTTPSConnection("127.0.0.1", fake.port, timeout=DEADLINE_S,
+                                            context=context)
+        https.request("POST", "/v1/sessions", body="{}",
+                      headers={"Authorization": f"Bearer {KEY}"})
+        answer = read_answer(https.getresponse())
+        self.assertEqual(answer.status, 201)
+        self.assertTrue(answer.body["data"]["cdp_url"].startswith(f"wss://127.0.0.1:{fake.port}/"))
+        https.close()
+        # Not trusted without the certificate; plain HTTP gets no answer.
+        with self.assertRaises(ssl.SSLCertVerificationError):
+            untrusted = http.client.HTTPSConnection("127.0.0.1", fake.port, timeout=DEADLINE_S,
+                                                    context=ssl.create_default_context())
+            untrusted.request("GET", "/_fake/health")
+        with self.assertRaises((http.client.HTTPException, OSError)):
+            plain = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=DEADLINE_S)
+            plain.request("GET", "/_fake/health")
+            plain.getresponse()
+        self.assert_stops_cleanly(fake)
 
     def test_the_key_comes_from_the_flag_else_the_environment_else_a_default(self) -> None:
         env = {k: v for k, v in os.environ.items() if k != "FAKE_PROVIDER_KEY"}

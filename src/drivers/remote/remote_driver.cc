@@ -1,0 +1,560 @@
+#include "drivers/remote/remote_driver.h"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/json.hpp>
+
+#include <algorithm>
+#include <cstdlib>
+#include <random>
+#include <utility>
+
+#include "drivers/remote/rest_client.h"
+
+namespace poolkeeper::drivers {
+
+namespace asio = boost::asio;
+namespace json = boost::json;
+using runtime::DriverSession;
+using runtime::ExecuteReply;
+using runtime::ExecuteRequest;
+using runtime::Log;
+using runtime::LogLevel;
+using runtime::Usage;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr auto kTuple = asio::as_tuple(asio::use_awaitable);
+
+std::string ms_text(Duration d) {
+  return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) + " ms";
+}
+
+// A short, printable excerpt of an answer for messages.
+std::string excerpt(std::string_view s, std::size_t n = 200) {
+  std::string out;
+  for (unsigned char c : s.substr(0, n)) out += (c >= 0x20 && c < 0x7f) ? static_cast<char>(c) : '?';
+  if (s.size() > n) out += "...";
+  return out;
+}
+
+// The value at a dot path ("data.id", "data.0.id"), or null.
+const json::value* at_path(const json::value& root, std::string_view path) {
+  const json::value* v = &root;
+  while (!path.empty()) {
+    const std::size_t dot = path.find('.');
+    const std::string_view key = path.substr(0, dot);
+    path = dot == std::string_view::npos ? std::string_view() : path.substr(dot + 1);
+    if (const json::object* o = v->if_object()) {
+      auto it = o->find(key);
+      if (it == o->end()) return nullptr;
+      v = &it->value();
+    } else if (const json::array* a = v->if_array()) {
+      std::size_t index = 0;
+      if (key.empty() || !std::all_of(key.begin(), key.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+        return nullptr;
+      }
+      for (char c : key) index = index * 10 + static_cast<std::size_t>(c - '0');
+      if (index >= a->size()) return nullptr;
+      v = &(*a)[index];
+    } else {
+      return nullptr;
+    }
+  }
+  return v;
+}
+
+// A string or integer at a path, as text.
+std::optional<std::string> text_at(const json::value& root, std::string_view path) {
+  const json::value* v = at_path(root, path);
+  if (v == nullptr) return std::nullopt;
+  if (const json::string* s = v->if_string()) return std::string(*s);
+  if (v->is_int64()) return std::to_string(v->get_int64());
+  if (v->is_uint64()) return std::to_string(v->get_uint64());
+  return std::nullopt;
+}
+
+std::string url_encode(std::string_view s) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : s) {
+    if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+        c == '_' || c == '.' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out;
+}
+
+// A JSON string's content without its quotes.
+std::string json_escape(std::string_view s) {
+  std::string quoted = json::serialize(json::string(s));
+  return quoted.substr(1, quoted.size() - 2);
+}
+
+std::string replace_all(std::string text, std::string_view from, std::string_view to) {
+  for (std::size_t at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size())) {
+    text.replace(at, from.size(), to);
+  }
+  return text;
+}
+
+bool one_of(const std::vector<std::string>& list, std::string_view s) {
+  return std::find(list.begin(), list.end(), s) != list.end();
+}
+
+bool retryable(int status) { return status == 408 || status == 429 || status >= 500; }
+
+}  // namespace
+
+struct RemoteDriver::Shared {
+  RemoteConfig config;
+  std::string pool;
+  std::string tag_prefix;
+  Log* log = nullptr;
+  std::unique_ptr<RestClient> client;
+  std::string api_key;
+
+  std::mutex mu;
+  std::set<SessionId> live;  // starting or running here
+  std::minstd_rand random{std::random_device{}()};
+
+  bool is_live(SessionId id) {
+    std::lock_guard lock(mu);
+    return live.contains(id);
+  }
+  void set_live(SessionId id, bool on) {
+    std::lock_guard lock(mu);
+    if (on) {
+      live.insert(id);
+    } else {
+      live.erase(id);
+    }
+  }
+
+  std::string session_url(std::string_view external_id) const {
+    return replace_all(replace_all(config.session_url, "{endpoint}", config.endpoint), "{id}",
+                       url_encode(external_id));
+  }
+  std::string tag_of(SessionId id) const { return tag_prefix + "/" + pool + "/" + std::to_string(id); }
+
+  RestRequest request(std::string method, std::string url, Duration timeout) const {
+    RestRequest r{.method = std::move(method), .url = std::move(url), .timeout = timeout};
+    if (!api_key.empty()) {
+      r.headers.emplace_back(config.auth_header,
+                             config.auth_scheme.empty() ? api_key : config.auth_scheme + " " + api_key);
+    }
+    return r;
+  }
+
+  Duration backoff(int attempt) {
+    Duration d = config.retry_backoff;
+    for (int i = 0; i < attempt && d < config.retry_backoff_max; ++i) d *= 2;
+    d = std::min(d, config.retry_backoff_max);
+    std::lock_guard lock(mu);
+    // Full jitter over the upper half: retries of many sessions spread out.
+    const double f = 0.5 + 0.5 * std::uniform_real_distribution<double>(0, 1)(random);
+    return std::chrono::duration_cast<Duration>(d * f);
+  }
+
+  // An idempotent call, retried on connection errors, timeouts, 408, 429 and
+  // 5xx up to `retries` more times. The last outcome either way.
+  asio::awaitable<std::expected<RestResponse, RestError>> idempotent(RestRequest req, int retries) {
+    auto ex = co_await asio::this_coro::executor;
+    for (int attempt = 0;; ++attempt) {
+      auto calling = client->call(req);
+      std::expected<RestResponse, RestError> r = co_await std::move(calling);
+      if ((r && !retryable(r->status)) || attempt >= retries) co_return r;
+      asio::steady_timer wait(ex, backoff(attempt));
+      (void)co_await wait.async_wait(kTuple);
+    }
+  }
+
+  static std::string failure(const std::expected<RestResponse, RestError>& r) {
+    if (!r) return r.error().message;
+    return "HTTP " + std::to_string(r->status) + (r->body.empty() ? "" : ": " + excerpt(r->body));
+  }
+
+  // Deletes a session at the provider; true once it is gone there.
+  asio::awaitable<std::expected<void, std::string>> delete_once(std::string external_id) {
+    auto deleting = idempotent(request(config.delete_method, session_url(external_id), config.request_timeout),
+                               config.retries);
+    auto r = co_await std::move(deleting);
+    if (r && ((r->status >= 200 && r->status < 300) || r->status == 404 || r->status == 410)) co_return std::expected<void, std::string>{};
+    co_return std::unexpected(failure(r));
+  }
+
+  // Deletes until the provider confirms, however long that takes.
+  asio::awaitable<void> delete_until_gone(std::string external_id) {
+    auto ex = co_await asio::this_coro::executor;
+    for (int round = 0;; ++round) {
+      auto deleting = delete_once(external_id);
+      auto done = co_await std::move(deleting);
+      if (done) {
+        if (round > 0) {
+          log->write(LogLevel::kInfo, "remote session deleted after retries",
+                     {{"pool", pool}, {"external_id", external_id}, {"rounds", std::to_string(round + 1)}});
+        }
+        co_return;
+      }
+      if ((round & (round + 1)) == 0) {  // rounds 0, 1, 3, 7, ...: do not flood the log
+        log->write(LogLevel::kError, "cannot delete a remote session; it may still be billed",
+                   {{"pool", pool}, {"external_id", external_id}, {"error", done.error()},
+                    {"rounds", std::to_string(round + 1)}});
+      }
+      asio::steady_timer wait(ex, config.retry_backoff_max);
+      (void)co_await wait.async_wait(kTuple);
+    }
+  }
+
+  // The provider's view of one session: its status text, "" when it has no
+  // status path, or nullopt when the provider does not know it (404/410).
+  asio::awaitable<std::expected<std::optional<std::string>, Error>> status(std::string external_id,
+                                                                            Duration timeout, int retries) {
+    auto getting = idempotent(request("GET", session_url(external_id), timeout), retries);
+    auto r = co_await std::move(getting);
+    if (!r) {
+      co_return std::unexpected(Error(r.error().message.find("within") != std::string::npos
+                                          ? ErrorCode::kExecuteTimeout
+                                          : ErrorCode::kSessionLost,
+                                      "status of " + external_id + ": " + r.error().message));
+    }
+    if (r->status == 404 || r->status == 410) co_return std::optional<std::string>{};
+    if (r->status < 200 || r->status >= 300) {
+      co_return std::unexpected(Error(ErrorCode::kProtocolError, "status of " + external_id + ": " + failure(r)));
+    }
+    if (config.status_path.empty()) co_return std::optional<std::string>{std::string()};
+    boost::system::error_code ec;
+    json::value body = json::parse(r->body, ec);
+    std::optional<std::string> s = ec ? std::nullopt : text_at(body, config.status_path);
+    if (!s) {
+      co_return std::unexpected(Error(ErrorCode::kProtocolError, "status of " + external_id + ": no \"" +
+                                                                     config.status_path + "\" in " +
+                                                                     excerpt(r->body)));
+    }
+    co_return s;
+  }
+
+  bool running(const std::string& status) const {
+    return status.empty() || one_of(config.running_status, status);
+  }
+  bool pending(const std::string& status) const { return one_of(config.pending_status, status); }
+
+  asio::awaitable<std::expected<std::vector<std::string>, Error>> sweep() {
+    auto listing = idempotent(request("GET", config.list_url, config.request_timeout), config.retries);
+    auto r = co_await std::move(listing);
+    if (!r || r->status < 200 || r->status >= 300) {
+      co_return std::unexpected(Error(ErrorCode::kSessionStartFailed, "cannot list sessions: " + failure(r)));
+    }
+    boost::system::error_code ec;
+    json::value body = json::parse(r->body, ec);
+    const json::value* list = ec ? nullptr : at_path(body, config.list_path);
+    if (list == nullptr || !list->is_array()) {
+      co_return std::unexpected(Error(ErrorCode::kProtocolError, "the session list has no array at \"" +
+                                                                     config.list_path + "\": " + excerpt(r->body)));
+    }
+    const std::string ours = tag_prefix + "/" + pool + "/";
+    std::vector<std::string> orphans;
+    for (const json::value& item : list->get_array()) {
+      auto tag = text_at(item, config.item_tag_path);
+      auto id = text_at(item, config.item_id_path);
+      if (!tag || !id || !tag->starts_with(ours)) continue;
+      if (!config.item_status_path.empty()) {
+        auto s = text_at(item, config.item_status_path);
+        if (!s || !(running(*s) || pending(*s))) continue;
+      }
+      const std::string number = tag->substr(ours.size());
+      char* end = nullptr;
+      const unsigned long long session = std::strtoull(number.c_str(), &end, 10);
+      if (!number.empty() && end != nullptr && *end == '\0' && is_live(session)) continue;
+      orphans.push_back(*id);
+    }
+    std::vector<std::string> closed;
+    for (const std::string& id : orphans) {
+      auto deleting = delete_once(id);
+      auto done = co_await std::move(deleting);
+      if (!done) {
+        co_return std::unexpected(Error(ErrorCode::kSessionStartFailed,
+                                        "cannot delete orphaned session " + id + ": " + done.error()));
+      }
+      log->write(LogLevel::kWarn, "deleted an orphaned remote session",
+                 {{"pool", pool}, {"external_id", id}});
+      closed.push_back(id);
+    }
+    co_return closed;
+  }
+};
+
+namespace {
+
+class RemoteSession final : public DriverSession, public std::enable_shared_from_this<RemoteSession> {
+ public:
+  RemoteSession(asio::any_io_executor ex, std::shared_ptr<RemoteDriver::Shared> shared, SessionId id,
+                std::string external_id, std::string connect)
+      : ex_(std::move(ex)),
+        shared_(std::move(shared)),
+        id_(id),
+        external_id_(std::move(external_id)),
+        connect_(std::move(connect)) {}
+
+  ~RemoteSession() override {
+    if (!deleted_ && !gone_) {
+      // Dropped without a stop (a daemon torn down mid-way): the store still
+      // shows it open, so the next start reconciles it.
+      shared_->log->write(LogLevel::kError, "remote session dropped without a stop; it may still be billed",
+                          {{"pool", shared_->pool}, {"external_id", external_id_}});
+    }
+    shared_->set_live(id_, false);
+  }
+
+  asio::awaitable<std::expected<void, Error>> check(Duration timeout) override {
+    auto self = shared_from_this();
+    if (ended_) co_return std::unexpected(Error(ErrorCode::kSessionLost, ended_reason_));
+    auto asking = shared_->status(external_id_, timeout, 0);
+    auto s = co_await std::move(asking);
+    if (!s) co_return std::unexpected(s.error());
+    if (!s->has_value()) {
+      gone_ = true;
+      end("the provider no longer knows it");
+    } else if (!shared_->running(**s) && !shared_->pending(**s)) {
+      gone_ = true;
+      end("the provider reports it " + **s);
+    }
+    if (ended_) co_return std::unexpected(Error(ErrorCode::kSessionLost, ended_reason_));
+    co_return std::expected<void, Error>{};
+  }
+
+  asio::awaitable<std::expected<void, Error>> reset() override { co_return std::expected<void, Error>{}; }
+
+  asio::awaitable<std::expected<ExecuteReply, Error>> execute(ExecuteRequest) override {
+    co_return std::unexpected(Error(ErrorCode::kNotSupported,
+                                    "remote sessions are used through their connect URL, not execute"));
+  }
+
+  asio::awaitable<void> stop(StopReason) override {
+    auto self = shared_from_this();
+    if (!gone_ && !deleted_) {
+      auto deleting = shared_->delete_until_gone(external_id_);
+      co_await std::move(deleting);
+      deleted_ = true;
+    }
+    end("stopped");
+  }
+
+  asio::awaitable<std::string> wait_ended() override {
+    auto self = shared_from_this();
+    while (!ended_) {
+      asio::steady_timer t(ex_, asio::steady_timer::time_point::max());
+      waiters_.push_back(&t);
+      (void)co_await t.async_wait(kTuple);
+      std::erase(waiters_, &t);
+    }
+    co_return ended_reason_;
+  }
+
+  Usage sample(TimePoint) override { return {}; }
+  Usage usage() const override { return {}; }
+  std::string connect() const override { return connect_; }
+  std::string describe() const override { return "remote " + external_id_; }
+  std::string external_id() const override { return external_id_; }
+
+ private:
+  void end(std::string why) {
+    if (ended_) return;
+    ended_ = true;
+    ended_reason_ = std::move(why);
+    for (asio::steady_timer* t : waiters_) t->cancel();
+  }
+
+  asio::any_io_executor ex_;
+  std::shared_ptr<RemoteDriver::Shared> shared_;
+  SessionId id_;
+  std::string external_id_;
+  std::string connect_;
+  bool ended_ = false;
+  bool gone_ = false;     // the provider had already ended it
+  bool deleted_ = false;  // we deleted it
+  std::string ended_reason_;
+  std::vector<asio::steady_timer*> waiters_;
+};
+
+}  // namespace
+
+std::expected<void, Error> validate_remote_config(const RemoteConfig& c) {
+  auto bad = [](std::string m) { return std::unexpected(Error(ErrorCode::kInvalidConfig, std::move(m))); };
+  if (c.endpoint.empty()) return bad("endpoint is required: the provider's URL that creates sessions");
+  if (auto u = parse_url(c.endpoint); !u) return bad("endpoint: " + u.error());
+  if (c.session_url.find("{id}") == std::string::npos) return bad("session_url must contain {id}");
+  if (auto u = parse_url(replace_all(replace_all(c.session_url, "{endpoint}", c.endpoint), "{id}", "x")); !u) {
+    return bad("session_url: " + u.error());
+  }
+  {
+    boost::system::error_code ec;
+    const std::string sample = replace_all(
+        replace_all(replace_all(c.create_body, "{pool}", "p"), "{session}", "1"), "{tag}", "t");
+    json::value v = json::parse(sample, ec);
+    if (ec || !v.is_object()) return bad("create_body must be a JSON object (with {pool}, {session}, {tag} filled in)");
+  }
+  if (c.delete_method != "DELETE" && c.delete_method != "POST" && c.delete_method != "PATCH" &&
+      c.delete_method != "PUT") {
+    return bad("delete_method must be DELETE, POST, PATCH or PUT");
+  }
+  if (c.id_path.empty()) return bad("id_path is required");
+  if (!c.list_url.empty()) {
+    if (auto u = parse_url(c.list_url); !u) return bad("list_url: " + u.error());
+    if (c.create_body.find("{tag}") == std::string::npos) {
+      return bad("list_url needs create_body to carry {tag}: sweeps find this pool's sessions by it");
+    }
+    if (c.item_id_path.empty() || c.item_tag_path.empty()) return bad("item_id_path and item_tag_path are required with list_url");
+  }
+  if (c.running_status.empty()) return bad("running_status needs at least one status");
+  if (c.auth_header.empty() || c.auth_header.find_first_of(":\r\n ") != std::string::npos) {
+    return bad("auth_header must be a header name");
+  }
+  if (!c.api_key_env.empty() && std::getenv(c.api_key_env.c_str()) == nullptr) {
+    return bad("api_key_env: the variable " + c.api_key_env + " is not set");
+  }
+  if (c.request_timeout <= Duration{0} || c.start_timeout <= Duration{0} || c.check_timeout <= Duration{0} ||
+      c.poll_interval <= Duration{0} || c.retry_backoff <= Duration{0} ||
+      c.retry_backoff_max < c.retry_backoff) {
+    return bad("request_timeout, start_timeout, check_timeout, poll_interval and retry_backoff must be "
+               "positive, retry_backoff_max at least retry_backoff");
+  }
+  if (c.retries < 0 || c.retries > 20) return bad("retries must be 0 to 20");
+  if (c.max_answer < 1024) return bad("max_answer must be at least 1 KiB");
+  return {};
+}
+
+RemoteDriver::RemoteDriver(RemoteConfig config, std::string pool, std::string tag_prefix, Log* log,
+                           std::unique_ptr<RestClient> client, std::string api_key)
+    : config_(std::move(config)), shared_(std::make_shared<Shared>()) {
+  shared_->config = config_;
+  shared_->pool = std::move(pool);
+  shared_->tag_prefix = std::move(tag_prefix);
+  shared_->log = log != nullptr ? log : &runtime::stderr_log();
+  shared_->client = std::move(client);
+  shared_->api_key = std::move(api_key);
+}
+
+RemoteDriver::~RemoteDriver() = default;
+
+std::expected<std::unique_ptr<RemoteDriver>, Error> RemoteDriver::create(RemoteConfig config, std::string pool,
+                                                                         std::string tag_prefix, Log* log) {
+  if (auto ok = validate_remote_config(config); !ok) return std::unexpected(ok.error());
+  std::string key;
+  if (!config.api_key_env.empty()) key = std::getenv(config.api_key_env.c_str());
+  auto client = RestClient::create({.ca_file = config.ca_file, .max_body = config.max_answer});
+  if (!client) return std::unexpected(Error(ErrorCode::kInvalidConfig, client.error()));
+  return std::unique_ptr<RemoteDriver>(new RemoteDriver(std::move(config), std::move(pool),
+                                                        std::move(tag_prefix), log, std::move(*client),
+                                                        std::move(key)));
+}
+
+std::string RemoteDriver::describe() const { return "remote " + config_.endpoint; }
+std::string RemoteDriver::tag_of(SessionId id) const { return shared_->tag_of(id); }
+
+asio::awaitable<std::expected<std::shared_ptr<DriverSession>, Error>> RemoteDriver::start(SessionId id) {
+  std::shared_ptr<Shared> s = shared_;  // the driver may go while this runs
+  auto ex = co_await asio::this_coro::executor;
+  const TimePoint deadline = real_clock().now() + s->config.start_timeout;
+  s->set_live(id, true);
+  auto fail = [&](std::string why) {
+    s->set_live(id, false);
+    return std::unexpected(Error(ErrorCode::kSessionStartFailed, std::move(why)));
+  };
+
+  RestRequest create = s->request("POST", s->config.endpoint, s->config.request_timeout);
+  create.body = replace_all(replace_all(replace_all(s->config.create_body, "{pool}", json_escape(s->pool)),
+                                        "{session}", std::to_string(id)),
+                            "{tag}", json_escape(s->tag_of(id)));
+  auto creating = s->client->call(std::move(create));
+  std::expected<RestResponse, RestError> r = co_await std::move(creating);
+  if (!r || r->status < 200 || r->status >= 300) {
+    const bool unknown = !r && r.error().sent;
+    if (unknown && !s->config.list_url.empty()) {
+      // The provider may have made it: look for it once the request must be over.
+      asio::co_spawn(
+          ex,
+          [s]() -> asio::awaitable<void> {
+            asio::steady_timer wait(co_await asio::this_coro::executor, s->config.request_timeout);
+            (void)co_await wait.async_wait(kTuple);
+            auto sweeping = s->sweep();
+            auto swept = co_await std::move(sweeping);
+            if (!swept) {
+              s->log->write(LogLevel::kWarn, "sweep after an unanswered create failed",
+                            {{"pool", s->pool}, {"error", swept.error().message}});
+            }
+          },
+          asio::detached);
+    }
+    co_return fail("create: " + Shared::failure(r) + (unknown ? " (it may have been created; it will be swept)" : ""));
+  }
+  boost::system::error_code ec;
+  json::value body = json::parse(r->body, ec);
+  std::optional<std::string> external = ec ? std::nullopt : text_at(body, s->config.id_path);
+  if (!external || external->empty()) {
+    co_return fail("create: no session id at \"" + s->config.id_path + "\" in " + excerpt(r->body));
+  }
+  // From here on a failure must delete what was made.
+  auto abandon = [&](std::string why) {
+    asio::co_spawn(ex, s->delete_until_gone(*external), asio::detached);
+    return fail(std::move(why) + " (session " + *external + " deleted)");
+  };
+  std::string connect;
+  if (!s->config.connect_path.empty()) {
+    auto c = text_at(body, s->config.connect_path);
+    if (!c || c->empty()) {
+      co_return abandon("create: no connect URL at \"" + s->config.connect_path + "\" in " + excerpt(r->body));
+    }
+    connect = std::move(*c);
+  }
+  std::string status;
+  if (!s->config.status_path.empty()) {
+    if (auto st = text_at(body, s->config.status_path)) status = *st;
+  }
+  // Pending: poll until it runs.
+  while (!s->running(status)) {
+    if (!s->pending(status)) co_return abandon("the provider reports the new session " + status);
+    if (real_clock().now() + s->config.poll_interval >= deadline) {
+      co_return abandon("not running within " + ms_text(s->config.start_timeout) + " (still " + status + ")");
+    }
+    asio::steady_timer wait(ex, s->config.poll_interval);
+    (void)co_await wait.async_wait(kTuple);
+    auto asking = s->status(*external, s->config.request_timeout, s->config.retries);
+    auto now = co_await std::move(asking);
+    if (!now) co_return abandon(now.error().message);
+    if (!now->has_value()) co_return fail("the provider lost the new session " + *external);
+    status = **now;
+  }
+  co_return std::make_shared<RemoteSession>(ex, s, id, std::move(*external), std::move(connect));
+}
+
+asio::awaitable<std::expected<RemoteClosed, Error>> RemoteDriver::close_session(std::string external_id) {
+  std::shared_ptr<Shared> s = shared_;
+  auto asking = s->status(external_id, s->config.request_timeout, s->config.retries);
+  auto status = co_await std::move(asking);
+  if (!status) co_return std::unexpected(status.error());
+  if (!status->has_value() || !(s->running(**status) || s->pending(**status))) co_return RemoteClosed::kWasGone;
+  auto deleting = s->delete_once(external_id);
+  auto done = co_await std::move(deleting);
+  if (!done) co_return std::unexpected(Error(ErrorCode::kSessionLost, "delete " + external_id + ": " + done.error()));
+  co_return RemoteClosed::kClosed;
+}
+
+asio::awaitable<std::expected<std::vector<std::string>, Error>> RemoteDriver::sweep() {
+  std::shared_ptr<Shared> s = shared_;
+  if (s->config.list_url.empty()) co_return std::vector<std::string>{};
+  auto sweeping = s->sweep();
+  co_return co_await std::move(sweeping);
+}
+
+}  // namespace poolkeeper::drivers
