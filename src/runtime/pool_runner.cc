@@ -438,6 +438,11 @@ asio::awaitable<void> PoolRunner::run_start(SessionId id) {
     sessions_[id] = running;
     asio::co_spawn(strand_, watch(id, running), log_exception(log_, "watch"));
     core_->session_started(id, now(), out);
+    // Who the session is outside the daemon goes with the event (the store
+    // keeps it, so a crash does not lose track of a paid session).
+    for (core::Event& e : out.events) {
+      if (e.type == core::EventType::kSessionStarted && e.session == id) e.detail = running->session->external_id();
+    }
   } else {
     core_->session_start_failed(id, started ? "no session" : started.error().message, now(), out);
   }

@@ -235,6 +235,7 @@ std::vector<Field> server_fields(ServerConfig& s, std::string& listen) {
 std::vector<Field> pool_fields(PoolEntry& e) {
   PoolConfig& p = e.pool;
   drivers::ProcessConfig& c = e.process;
+  drivers::RemoteConfig& r = e.remote;
   return {
       {"driver", string(e.driver)},
       // sizing and queue
@@ -302,7 +303,51 @@ std::vector<Field> pool_fields(PoolEntry& e) {
       {"stop_grace", duration(c.stop_grace)},
       {"kill_after", duration(c.kill_after)},
       {"kill_with_daemon", boolean(c.kill_with_daemon)},
+      // the remote driver (start_timeout and check_timeout are shared)
+      {"endpoint", string(r.endpoint)},
+      {"session_url", string(r.session_url)},
+      {"create_body", string(r.create_body)},
+      {"delete_method", string(r.delete_method)},
+      {"api_key_env", string(r.api_key_env)},
+      {"auth_header", string(r.auth_header)},
+      {"auth_scheme", string(r.auth_scheme)},
+      {"id_path", string(r.id_path)},
+      {"connect_path", string(r.connect_path)},
+      {"status_path", string(r.status_path)},
+      {"running_status", strings(r.running_status)},
+      {"pending_status", strings(r.pending_status)},
+      {"list_url", string(r.list_url)},
+      {"list_path", string(r.list_path)},
+      {"item_id_path", string(r.item_id_path)},
+      {"item_status_path", string(r.item_status_path)},
+      {"item_tag_path", string(r.item_tag_path)},
+      {"ca_file", string(r.ca_file)},
+      {"request_timeout", duration(r.request_timeout)},
+      {"poll_interval", duration(r.poll_interval)},
+      {"retries", integer(r.retries, 0, 20)},
+      {"retry_backoff", duration(r.retry_backoff)},
+      {"retry_backoff_max", duration(r.retry_backoff_max)},
+      {"max_answer", size(r.max_answer)},
   };
+}
+
+// Keys that only one driver reads: a pool of the other kind may not set them.
+const std::vector<std::string>& process_only_keys() {
+  static const std::vector<std::string> keys = {
+      "command", "working_dir", "env_allow", "env", "limit_address_space", "limit_cpu_seconds",
+      "limit_open_files", "limit_processes", "sample_interval", "execute_timeout", "reset_timeout",
+      "reset_on_release", "max_line", "stderr_line_max", "stderr_lines_per_second", "stop_grace",
+      "kill_after", "kill_with_daemon"};
+  return keys;
+}
+const std::vector<std::string>& remote_only_keys() {
+  static const std::vector<std::string> keys = {
+      "endpoint", "session_url", "create_body", "delete_method", "api_key_env", "auth_header",
+      "auth_scheme", "id_path", "connect_path", "status_path", "running_status", "pending_status",
+      "list_url", "list_path", "item_id_path", "item_status_path", "item_tag_path", "ca_file",
+      "request_timeout", "poll_interval", "retries", "retry_backoff", "retry_backoff_max",
+      "max_answer"};
+  return keys;
 }
 
 struct TenantFields {
@@ -584,17 +629,32 @@ class Loader {
       e.pool.name = name;
       e.pool.lease_events = true;  // the daemon reports leases
       if (auto ok = read(*t, path, pool_fields(e)); !ok) return std::unexpected(ok.error());
-      if (e.driver != "process") {
+      if (e.driver != "process" && e.driver != "remote") {
         return fail(where(path + ".driver", t->get("driver")) + "unknown driver \"" + e.driver +
-                    "\" (available: \"process\")");
+                    "\" (available: \"process\", \"remote\")");
       }
-      if (e.process.command.empty()) {
+      const bool remote = e.driver == "remote";
+      for (const std::string& k : remote ? process_only_keys() : remote_only_keys()) {
+        if (const toml::node* n = t->get(k)) {
+          return fail(where(path + "." + k, n) + "is only for driver = \"" +
+                      (remote ? "process" : "remote") + "\" (this pool's driver is \"" + e.driver + "\")");
+        }
+      }
+      if (remote) {
+        // The shared keys were read into the process settings.
+        if (t->contains("start_timeout")) e.remote.start_timeout = e.process.start_timeout;
+        if (t->contains("check_timeout")) e.remote.check_timeout = e.process.check_timeout;
+        if (!e.remote.ca_file.empty()) e.remote.ca_file = resolve(e.remote.ca_file);
+        e.process = {};
+      } else if (e.process.command.empty()) {
         return fail(where(path + ".command", t) + "is required: the worker's argv, such as "
                     "[\"python3\", \"worker.py\"]");
       }
-      e.process.working_dir = resolve(e.process.working_dir);
+      if (!remote) e.process.working_dir = resolve(e.process.working_dir);
       if (auto ok = validate_config(e.pool); !ok) return misplaced(*t, path, ok.error().message);
-      if (auto ok = drivers::validate_process_config(e.process); !ok) {
+      if (auto ok = remote ? drivers::validate_remote_config(e.remote)
+                           : drivers::validate_process_config(e.process);
+          !ok) {
         return misplaced(*t, path, ok.error().message);
       }
       config.pools.push_back(std::move(e));

@@ -30,6 +30,7 @@
 
 #include "core/cost.h"
 #include "drivers/process/process_driver.h"
+#include "drivers/remote/remote_driver.h"
 #include "poolkeeper/clock.h"
 #include "poolkeeper/error.h"
 #include "poolkeeper/pool_config.h"
@@ -101,8 +102,9 @@ enum class BudgetAction : std::uint8_t {
 
 struct PoolEntry {
   PoolConfig pool;
-  std::string driver = "process";
-  drivers::ProcessConfig process;
+  std::string driver = "process";  // "process" or "remote"
+  drivers::ProcessConfig process;   // driver = "process"
+  drivers::RemoteConfig remote;     // driver = "remote"
   core::CostModel cost{};      // micro-dollars
   core::BudgetLimits budget{};  // micro-dollars; 0: none
   BudgetAction budget_action = BudgetAction::kRefuse;

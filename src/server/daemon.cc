@@ -18,10 +18,13 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <random>
+#include <set>
 #include <thread>
 #include <vector>
 
 #include "drivers/process/process_driver.h"
+#include "drivers/remote/remote_driver.h"
 #include "runtime/pool_runner.h"
 #include "server/api.h"
 #include "server/http_server.h"
@@ -56,7 +59,7 @@ std::vector<std::string> needs_restart(const DaemonConfig& was, const DaemonConf
     const PoolEntry* old = find(was, e.pool.name);
     if (old == nullptr) {
       out.push_back("pools." + e.pool.name + " (new pool)");
-    } else if (!(old->process == e.process) || old->driver != e.driver) {
+    } else if (!(old->process == e.process) || !(old->remote == e.remote) || old->driver != e.driver) {
       out.push_back("pools." + e.pool.name + " (driver settings)");
     }
   }
@@ -76,6 +79,13 @@ std::string joined(const std::vector<std::string>& parts) {
   std::string s;
   for (const std::string& p : parts) s += (s.empty() ? "" : ", ") + p;
   return s;
+}
+
+std::string random_hex() {
+  std::random_device rd;
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%08x%08x", rd(), rd());
+  return buf;
 }
 
 }  // namespace
@@ -105,12 +115,24 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
                {"run", std::to_string(store->run_id())}});
   }
   Ledger ledger(config, store.get(), wall_ms, log);
-  if (auto closed = ledger.reconcile(); !closed) {
-    log.write(runtime::LogLevel::kError, "cannot reconcile the store", {{"why", closed.error().message}});
+  std::set<std::string> remote_pools;
+  for (const PoolEntry& e : config.pools) {
+    if (e.driver == "remote") remote_pools.insert(e.pool.name);
+  }
+  auto reconciled = ledger.reconcile(remote_pools);
+  if (!reconciled) {
+    log.write(runtime::LogLevel::kError, "cannot reconcile the store", {{"why", reconciled.error().message}});
     return 2;
-  } else if (*closed > 0) {
+  }
+  if (reconciled->closed > 0) {
     log.write(runtime::LogLevel::kWarn, "reconciled sessions an earlier run left open",
-              {{"sessions", std::to_string(*closed)}});
+              {{"sessions", std::to_string(reconciled->closed)}});
+  }
+  for (const store::OpenSession& s : reconciled->unreachable) {
+    log.write(runtime::LogLevel::kError,
+              "a paid session an earlier run left open belongs to a pool that is no longer remote: "
+              "close it at its provider (it stays open in the store until its pool is back)",
+              {{"pool", s.pool}, {"session", std::to_string(s.session)}, {"external_id", s.external_id}});
   }
   if (auto restored = ledger.restore(); !restored) {
     log.write(runtime::LogLevel::kError, "cannot read the cost totals",
@@ -118,9 +140,27 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
     return 2;
   }
 
+  // Paid sessions carry the store's name and this run at their provider.
+  const std::string instance = store ? store->instance_id() : random_hex();
+  const std::string run = store ? std::to_string(store->run_id()) : "0";
+  if (!store && !remote_pools.empty()) {
+    log.write(runtime::LogLevel::kWarn,
+              "remote pools without a store: after a crash nothing records which paid sessions were open", {});
+  }
   std::vector<std::shared_ptr<runtime::PoolRunner>> runners;
+  std::map<std::string, drivers::RemoteDriver*> remotes;  // owned by their runners
   for (const PoolEntry& e : config.pools) {
-    auto driver = drivers::ProcessDriver::create(e.process, e.pool.name, &log);
+    std::expected<std::unique_ptr<runtime::Driver>, Error> driver = std::unexpected(Error());
+    if (e.driver == "remote") {
+      auto remote = drivers::RemoteDriver::create(e.remote, e.pool.name, instance, run, &log);
+      if (remote) remotes[e.pool.name] = remote->get();
+      driver = remote ? std::expected<std::unique_ptr<runtime::Driver>, Error>(std::move(*remote))
+                      : std::unexpected(remote.error());
+    } else {
+      auto process = drivers::ProcessDriver::create(e.process, e.pool.name, &log);
+      driver = process ? std::expected<std::unique_ptr<runtime::Driver>, Error>(std::move(*process))
+                       : std::unexpected(process.error());
+    }
     if (!driver) {
       log.write(runtime::LogLevel::kError, "pool refused",
                 {{"pool", e.pool.name}, {"why", driver.error().message}});
@@ -192,12 +232,87 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
       asio::detached);
   asio::signal_set signals(control, SIGTERM, SIGINT, SIGHUP);
 
+  // Paid sessions an earlier run left open are closed at their provider and
+  // charged up to then (retried while the provider cannot be reached: they
+  // stay open in the store until it answers); then each remote pool sweeps
+  // its provider for sessions no record knew of (a create whose answer was
+  // lost in the crash). On the control strand, stopped by the shutdown.
+  bool reconciling_stopped = false;
+  std::vector<asio::steady_timer*> reconcile_waits;
+  auto pause = [&](Duration d) -> asio::awaitable<bool> {
+    asio::steady_timer t(control, d);
+    reconcile_waits.push_back(&t);
+    (void)co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+    std::erase(reconcile_waits, &t);
+    co_return !reconciling_stopped;
+  };
+  for (auto& [name, driver] : remotes) {
+    std::vector<store::OpenSession> left;
+    for (const store::OpenSession& s : reconciled->remote) {
+      if (s.pool == name) left.push_back(s);
+    }
+    asio::co_spawn(
+        control,
+        [&, pool = name, driver = driver, left = std::move(left)]() -> asio::awaitable<void> {
+          Duration backoff = 1s;
+          for (const store::OpenSession& s : left) {
+            for (;;) {
+              auto closing = driver->close_session(s.external_id);
+              std::expected<drivers::RemoteClosed, Error> closed = co_await std::move(closing);
+              if (reconciling_stopped) co_return;
+              if (closed) {
+                const bool was_running = *closed == drivers::RemoteClosed::kClosed;
+                auto charged = ledger.remote_closed(s, wall_ms(), was_running);
+                log.write(charged ? runtime::LogLevel::kWarn : runtime::LogLevel::kError,
+                          was_running ? "closed a paid session an earlier run left open"
+                                      : "a paid session an earlier run left open was already gone",
+                          {{"pool", pool},
+                           {"session", std::to_string(s.session)},
+                           {"external_id", s.external_id},
+                           {charged ? "charged_micros" : "store_error",
+                            charged ? std::to_string(*charged) : charged.error().message}});
+                break;
+              }
+              log.write(runtime::LogLevel::kWarn,
+                        "cannot close a paid session an earlier run left open; retrying",
+                        {{"pool", pool}, {"external_id", s.external_id}, {"why", closed.error().message},
+                         {"retry_in_ms", std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(backoff).count())}});
+              if (!co_await pause(backoff)) co_return;
+              backoff = std::min<Duration>(backoff * 2, 60s);
+            }
+          }
+          if (!driver->can_sweep()) co_return;
+          backoff = 1s;
+          for (;;) {
+            auto sweeping = driver->sweep();
+            auto swept = co_await std::move(sweeping);
+            if (reconciling_stopped) co_return;
+            if (swept) {
+              if (!swept->empty()) {
+                ledger.audit("sweep", pool,
+                             "{\"deleted\":" + std::to_string(swept->size()) + "}");
+              }
+              log.write(runtime::LogLevel::kInfo, "swept the provider for untracked sessions",
+                        {{"pool", pool}, {"deleted", std::to_string(swept->size())}});
+              co_return;
+            }
+            log.write(runtime::LogLevel::kWarn, "cannot sweep the provider; retrying",
+                      {{"pool", pool}, {"why", swept.error().message}});
+            if (!co_await pause(backoff)) co_return;
+            backoff = std::min<Duration>(backoff * 2, 60s);
+          }
+        },
+        asio::detached);
+  }
+
   // New work is refused from now on; every runner at once answers its
   // waiters, lets its leases finish within the grace (clients can still reach
   // the daemon to execute on and release them) and stops its workers. Then
   // the server closes.
   auto shut_down = [&]() -> asio::awaitable<void> {
     api.set_shutting_down();
+    reconciling_stopped = true;
+    for (asio::steady_timer* t : reconcile_waits) t->cancel();
     std::size_t left = runners.size();
     asio::steady_timer all_stopped(control, asio::steady_timer::time_point::max());
     for (auto& r : runners) {

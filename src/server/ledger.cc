@@ -120,28 +120,77 @@ std::expected<void, Error> Ledger::restore() {
   return {};
 }
 
-std::expected<std::size_t, Error> Ledger::reconcile() {
-  if (store_ == nullptr) return 0;
+std::expected<Reconciliation, Error> Ledger::reconcile(const std::set<std::string>& remote_pools) {
+  Reconciliation result;
+  if (store_ == nullptr) return result;
   auto open = store_->open_sessions_from_earlier_runs();
   if (!open) return std::unexpected(open.error());
-  if (open->empty()) return 0;
   std::vector<store::Record> rows;
-  for (const store::OpenSession& s : *open) {
+  for (store::OpenSession& s : *open) {
+    if (!s.external_id.empty()) {
+      (remote_pools.contains(s.pool) ? result.remote : result.unreachable).push_back(std::move(s));
+      continue;
+    }
     rows.push_back(store::SessionReconciled{.run = s.run,
                                             .pool = s.pool,
                                             .session = s.session,
                                             .at_ms = s.last_charge_ms,
                                             .reason = "reconciled",
                                             .cost_micros = s.charged_micros});
+    ++result.closed;
   }
+  if (rows.empty()) return result;
   rows.push_back(store::AuditEntry{
       .at_ms = now_ms_(),
       .actor = "daemon",
       .action = "reconcile",
       .pool = {},
-      .detail = json::serialize(json::object{{"sessions", open->size()}})});
+      .detail = json::serialize(json::object{{"sessions", result.closed}})});
   if (auto written = store_->write_sync(std::move(rows)); !written) return std::unexpected(written.error());
-  return open->size();
+  return result;
+}
+
+std::expected<std::int64_t, Error> Ledger::remote_closed(const store::OpenSession& s, std::int64_t closed_ms,
+                                                         bool was_running) {
+  if (store_ == nullptr) return 0;
+  std::vector<BudgetChange> changes;
+  std::int64_t extra = 0;
+  std::vector<store::Record> rows;
+  {
+    std::lock_guard lock(mu_);
+    std::vector<core::CostCharge> charges;
+    auto it = pools_.find(s.pool);
+    if (was_running && it != pools_.end() && closed_ms > s.last_charge_ms) {
+      // Only its time alive since the last charge: it was created (and any
+      // lease ended) in the run that charged it.
+      core::CostMeter alive({.per_hour_alive = it->second.meter.model().per_hour_alive});
+      alive.session_started(s.session, s.last_charge_ms, charges);
+      alive.session_closed(s.session, closed_ms, charges);
+      for (const core::CostCharge& c : charges) extra += c.micros;
+      record(s.pool, charges, rows);
+    }
+    rows.push_back(store::SessionReconciled{
+        .run = s.run,
+        .pool = s.pool,
+        .session = s.session,
+        .at_ms = was_running ? closed_ms : s.last_charge_ms,
+        .reason = was_running ? "reconciled: closed at the provider" : "reconciled: gone at the provider",
+        .cost_micros = s.charged_micros + extra});
+    rows.push_back(store::AuditEntry{
+        .at_ms = now_ms_(),
+        .actor = "daemon",
+        .action = "reconcile_remote",
+        .pool = s.pool,
+        .detail = json::serialize(json::object{{"run", s.run},
+                                               {"session", s.session},
+                                               {"external_id", s.external_id},
+                                               {"was_running", was_running},
+                                               {"charged_micros", extra}})});
+    if (!charges.empty()) check_budgets(changes);
+  }
+  if (auto written = store_->write_sync(std::move(rows)); !written) return std::unexpected(written.error());
+  deliver(changes);
+  return extra;
 }
 
 void Ledger::on_event(const std::string& pool, const core::Event& e) {
@@ -170,7 +219,8 @@ void Ledger::on_event(const std::string& pool, const core::Event& e) {
       case EventType::kSessionStarted:
         p.meter.session_started(e.session, now, charges);
         ++p.sessions_created;
-        rows.push_back(store::SessionOpened{.pool = pool, .session = e.session, .external_id = {}, .at_ms = now});
+        // The runner puts the driver's external id (a provider's session id) in the detail.
+        rows.push_back(store::SessionOpened{.pool = pool, .session = e.session, .external_id = e.detail, .at_ms = now});
         break;
       case EventType::kLeaseGranted:
         p.meter.leased(e.session, e.detail, now, charges);
@@ -221,6 +271,14 @@ void Ledger::on_event(const std::string& pool, const core::Event& e) {
     if (!charges.empty()) check_budgets(changes);
   }
   deliver(changes);
+}
+
+void Ledger::audit(std::string action, std::string pool, std::string detail) {
+  write({store::AuditEntry{.at_ms = now_ms_(),
+                           .actor = "daemon",
+                           .action = std::move(action),
+                           .pool = std::move(pool),
+                           .detail = std::move(detail)}});
 }
 
 void Ledger::tick() {

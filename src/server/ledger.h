@@ -47,6 +47,17 @@ struct BudgetChange {
   bool drain = false;  // the pool's budget_action is drain
 };
 
+// Sessions an earlier run left open, sorted at start.
+struct Reconciliation {
+  std::size_t closed = 0;  // closed in the store now: nothing of them outlived that run
+  // Paid sessions of remote pools: still open at their provider until the
+  // daemon closes them there (then remote_closed()).
+  std::vector<store::OpenSession> remote{};
+  // Paid sessions of pools no longer configured as remote: left open in the
+  // store (and named in the log at every start) until such a pool is back.
+  std::vector<store::OpenSession> unreachable{};
+};
+
 struct CostQuery {
   int days = 7;  // days of history, today included (1..62)
   std::string pool{};    // only this pool
@@ -63,15 +74,25 @@ class Ledger {
   // Spending of the last two months from the store's daily totals, so that
   // budgets hold across restarts.
   std::expected<void, Error> restore();
-  // Closes in the store the sessions an earlier run left open (it was killed
-  // or crashed): at their last charge, with what they were charged. Their
-  // workers died with that run. Returns how many.
-  std::expected<std::size_t, Error> reconcile();
+  // Sorts the sessions an earlier run left open (it was killed or crashed).
+  // Those without an external id, whose workers died with that run, are
+  // closed in the store at their last charge with what they were charged.
+  // Those with one (a provider's session id) are returned: `remote_pools`
+  // names the pools whose driver can still reach their provider.
+  std::expected<Reconciliation, Error> reconcile(const std::set<std::string>& remote_pools = {});
+  // A paid session of an earlier run has been closed at its provider at
+  // `closed_ms`: when it was still running there, the time since its last
+  // charge is charged now at the pool's price per hour alive (split by day);
+  // its row is closed. Committed before it returns.
+  std::expected<std::int64_t, Error> remote_closed(const store::OpenSession& session,
+                                                   std::int64_t closed_ms, bool was_running);
   // Prices and budgets from a reloaded configuration (new prices apply from now).
   void configure(const DaemonConfig& config);
   void set_budget_hook(BudgetHook hook);
 
   void on_event(const std::string& pool, const core::Event& e);
+  // One row of the audit log by the daemon (detail: a JSON object's text).
+  void audit(std::string action, std::string pool, std::string detail);
   void tick();
 
   // Why a tenant's acquires are refused now (its budget is spent), if they are.

@@ -117,6 +117,15 @@ CREATE INDEX alerts_at ON alerts (at_ms);
     R"sql(
 CREATE INDEX charges_session ON charges (run, pool, session);
 )sql",
+    // 4: the file's own name, which its daemon's paid sessions carry at their
+    // provider (so a sweep after a crash finds them and only them).
+    R"sql(
+CREATE TABLE meta (
+  key TEXT PRIMARY KEY,
+  value TEXT NOT NULL
+);
+INSERT INTO meta (key, value) VALUES ('instance', lower(hex(randomblob(8))));
+)sql",
 };
 static_assert(std::size(kMigrations) == kSchemaVersion);
 
@@ -217,10 +226,18 @@ std::expected<std::unique_ptr<Store>, Error> Store::open(StoreOptions options) {
       }
       version = v;
     }
+    std::string instance;
+    if (version >= 4) {
+      Statement& q = db->prepare("SELECT value FROM meta WHERE key = 'instance'");
+      if (q.step()) instance = q.text(0);
+      q.reset();
+    }
     Statement& run = db->prepare("INSERT INTO runs (started_ms, pid) VALUES (?, ?)");
     run.bind(1, options.now_ms()).bind(2, std::int64_t{::getpid()}).run();
     const std::int64_t run_id = sqlite3_last_insert_rowid(db->handle());
-    return std::unique_ptr<Store>(new Store(std::move(options), std::move(db), run_id, version));
+    auto store = std::unique_ptr<Store>(new Store(std::move(options), std::move(db), run_id, version));
+    store->instance_ = std::move(instance);
+    return store;
   } catch (const SqliteError& e) {
     return std::unexpected(
         Error(ErrorCode::kStoreUnavailable, "store " + options.path + ": " + e.what()));

@@ -48,7 +48,7 @@ namespace poolkeeper::store {
 class Db;
 
 // The schema this build writes; older files are migrated forward on open.
-inline constexpr int kSchemaVersion = 3;
+inline constexpr int kSchemaVersion = 4;
 
 struct SessionOpened {
   std::string pool;
@@ -232,6 +232,9 @@ class Store {
 
   std::int64_t run_id() const { return run_; }
   int schema_version() const { return version_; }
+  // The file's random name (16 hex digits, made when it was created; empty
+  // below schema 4).
+  const std::string& instance_id() const { return instance_; }
   StoreStats stats() const;
 
  private:
@@ -255,6 +258,7 @@ class Store {
   std::unique_ptr<Db> db_;  // used by the store's thread only
   std::int64_t run_ = 0;
   int version_ = 0;
+  std::string instance_;
   std::int64_t next_maintenance_ms_ = 0;
 
   mutable std::mutex mu_;

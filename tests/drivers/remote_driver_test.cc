@@ -68,8 +68,8 @@ class RemoteDriverTest : public ::testing::Test {
     return c;
   }
 
-  std::unique_ptr<RemoteDriver> driver(RemoteConfig c, std::string prefix = "inst1") {
-    auto d = RemoteDriver::create(std::move(c), "browsers", std::move(prefix), &log_);
+  std::unique_ptr<RemoteDriver> driver(RemoteConfig c, std::string instance = "inst1", std::string run = "5") {
+    auto d = RemoteDriver::create(std::move(c), "browsers", std::move(instance), std::move(run), &log_);
     EXPECT_TRUE(d.has_value()) << (d ? "" : d.error().message);
     return d ? std::move(*d) : nullptr;
   }
@@ -134,7 +134,7 @@ TEST_F(RemoteDriverTest, StartsChecksAndStopsAPaidSession) {
   EXPECT_EQ(s->connect(), "ws://127.0.0.1:" + std::to_string(fake_.port()) + "/devtools/" + s->external_id());
   EXPECT_EQ(s->describe(), "remote " + s->external_id());
   EXPECT_EQ(seen.at("platform").as_string(), "chrome");
-  EXPECT_EQ(d->tag_of(7), "inst1/browsers/7");
+  EXPECT_EQ(d->tag_of(7), "inst1/browsers/5/7");
 
   auto checked = run(s->check(5s));
   EXPECT_TRUE(checked.has_value()) << checked.error().message;
@@ -160,7 +160,7 @@ TEST_F(RemoteDriverTest, TheTagCarriesThePoolAndSessionAndIsJsonEscaped) {
   cli::HttpClient api(fake_.url());
   api.set_token(testing::kFakeProviderKey);
   auto listed = json::parse(api.call("GET", "/v1/sessions")->body);
-  EXPECT_EQ(listed.at("data").at(0).at("metadata").at("poolkeeper").as_string(), "we\"ird/browsers/12");
+  EXPECT_EQ(listed.at("data").at(0).at("metadata").at("poolkeeper").as_string(), "we\"ird/browsers/5/12");
   run(s->stop(StopReason::kShutdown));
 }
 
@@ -178,7 +178,7 @@ TEST_F(RemoteDriverTest, AWrongKeyFailsTheStartWithoutShowingTheKey) {
 
 TEST_F(RemoteDriverTest, AMissingKeyVariableIsAConfigError) {
   ::unsetenv(kKeyVariable);
-  auto d = RemoteDriver::create(config(), "browsers", "inst1", &log_);
+  auto d = RemoteDriver::create(config(), "browsers", "inst1", "5", &log_);
   ASSERT_FALSE(d.has_value());
   EXPECT_EQ(d.error().code, ErrorCode::kInvalidConfig);
   EXPECT_NE(d.error().message.find(kKeyVariable), std::string::npos);
@@ -320,22 +320,26 @@ TEST_F(RemoteDriverTest, ASweepDeletesOnlyThisPoolsSessionsThatAreNotLive) {
   auto d = driver(config());
   auto live = start(*d, 1);
   ASSERT_NE(live, nullptr);
-  // Sessions made by others: an earlier run of this daemon, another pool,
-  // another daemon, and one without a tag.
+  // Sessions made by others: an earlier run of this daemon (one with the
+  // same session number as the live one), another pool, another daemon, and
+  // one without a tag.
   cli::HttpClient api(fake_.url());
   api.set_token(testing::kFakeProviderKey);
-  for (const char* tag : {"inst1/browsers/99", "inst1/other/3", "inst2/browsers/4", ""}) {
+  for (const char* tag : {"inst1/browsers/5/99", "inst1/browsers/4/1", "inst1/other/5/3", "inst2/browsers/5/4", ""}) {
     json::object body{{"metadata", tag[0] ? json::object{{"poolkeeper", tag}} : json::object{}}};
     ASSERT_EQ(api.call("POST", "/v1/sessions", json::serialize(body))->status, 201);
   }
   auto swept = run(d->sweep());
   ASSERT_TRUE(swept.has_value()) << swept.error().message;
-  ASSERT_EQ(swept->size(), 1u);
+  ASSERT_EQ(swept->size(), 2u);
   for (const auto& s : sessions()) {
     const bool stopped = !s.at("stopped_at").is_null();
-    EXPECT_EQ(stopped, s.at("id").as_string() == swept->front()) << s;
+    const std::string id(s.at("id").as_string());
+    EXPECT_EQ(stopped, id == (*swept)[0] || id == (*swept)[1]) << s;
   }
   EXPECT_EQ(fake_.open_sessions(), 4);
+  EXPECT_EQ(live->external_id(), std::string(sessions().at(0).at("id").as_string()));
+  EXPECT_TRUE(sessions().at(0).at("stopped_at").is_null());
   run(live->stop(StopReason::kShutdown));
 }
 
@@ -370,20 +374,20 @@ TEST(RemoteConfigTest, BadConfigsAreRefusedWithTheirKey) {
     std::string says;
   };
   const std::vector<Case> cases = {
-      {[](RemoteConfig& c) { c.endpoint = ""; }, "endpoint is required"},
+      {[](RemoteConfig& c) { c.endpoint = ""; }, "endpoint: is required"},
       {[](RemoteConfig& c) { c.endpoint = "ftp://x"; }, "endpoint: \"ftp://x\" is not an http"},
       {[](RemoteConfig& c) { c.endpoint = "http://h:99999/"; }, "port must be 1 to 65535"},
-      {[](RemoteConfig& c) { c.session_url = "{endpoint}/x"; }, "session_url must contain {id}"},
-      {[](RemoteConfig& c) { c.create_body = "[1]"; }, "create_body must be a JSON object"},
-      {[](RemoteConfig& c) { c.create_body = "{"; }, "create_body must be a JSON object"},
-      {[](RemoteConfig& c) { c.list_url = c.endpoint; }, "list_url needs create_body to carry {tag}"},
+      {[](RemoteConfig& c) { c.session_url = "{endpoint}/x"; }, "session_url: must contain {id}"},
+      {[](RemoteConfig& c) { c.create_body = "[1]"; }, "create_body: must be a JSON object"},
+      {[](RemoteConfig& c) { c.create_body = "{"; }, "create_body: must be a JSON object"},
+      {[](RemoteConfig& c) { c.list_url = c.endpoint; }, "list_url: needs create_body to carry {tag}"},
       {[](RemoteConfig& c) { c.delete_method = "GET"; }, "delete_method"},
-      {[](RemoteConfig& c) { c.id_path = ""; }, "id_path is required"},
+      {[](RemoteConfig& c) { c.id_path = ""; }, "id_path: is required"},
       {[](RemoteConfig& c) { c.running_status.clear(); }, "running_status"},
       {[](RemoteConfig& c) { c.auth_header = "X: y"; }, "auth_header"},
       {[](RemoteConfig& c) { c.api_key_env = "POOLKEEPER_SURELY_UNSET_VARIABLE"; }, "is not set"},
-      {[](RemoteConfig& c) { c.request_timeout = Duration{0}; }, "must be positive"},
-      {[](RemoteConfig& c) { c.retries = 21; }, "retries must be 0 to 20"},
+      {[](RemoteConfig& c) { c.request_timeout = Duration{0}; }, "request_timeout: must be positive"},
+      {[](RemoteConfig& c) { c.retries = 21; }, "retries: must be 0 to 20"},
   };
   for (const Case& k : cases) {
     RemoteConfig c = base();
@@ -440,14 +444,14 @@ TEST(RemoteTlsTest, HttpsVerifiesTheProvidersCertificate) {
   c.retry_backoff_max = 50ms;
   MemoryLog log;
   {
-    auto untrusting = RemoteDriver::create(c, "p", "i", &log);
+    auto untrusting = RemoteDriver::create(c, "p", "i", "1", &log);
     ASSERT_TRUE(untrusting.has_value()) << untrusting.error().message;
     auto r = run_start(**untrusting);
     ASSERT_FALSE(r.has_value());
     EXPECT_NE(r.error().message.find("certificate verify failed"), std::string::npos) << r.error().message;
   }
   c.ca_file = cert;
-  auto created = RemoteDriver::create(c, "p", "i", &log);
+  auto created = RemoteDriver::create(c, "p", "i", "1", &log);
   ASSERT_TRUE(created.has_value()) << created.error().message;
   auto& trusting = *created;
   auto r = run_start(*trusting);

@@ -87,7 +87,14 @@ TEST_F(StoreTest, CreatesTheFileAtTheCurrentSchema) {
   EXPECT_EQ(mode.text(0), "wal");
   mode.reset();
   EXPECT_EQ(count("SELECT count(*) FROM runs WHERE ended_ms IS NULL"), 1);
+  const std::string instance = s->instance_id();
+  EXPECT_EQ(instance.size(), 16u);
+  EXPECT_EQ(instance.find_first_not_of("0123456789abcdef"), std::string::npos) << instance;
   s->close();
+  // The file keeps its name across opens; another file has another.
+  EXPECT_EQ(open()->instance_id(), instance);
+  for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path_ + suffix);
+  EXPECT_NE(open()->instance_id(), instance);
   EXPECT_EQ(count("SELECT count(*) FROM runs WHERE ended_ms = " + std::to_string(kStart)), 1);
 }
 
@@ -274,6 +281,7 @@ TEST_F(StoreTest, MigratesOlderFilesAndRefusesNewerOnes) {
     auto s = open(o);
     ASSERT_NE(s, nullptr);
     EXPECT_EQ(s->schema_version(), 1);
+    EXPECT_EQ(s->instance_id(), "");
     ASSERT_TRUE(s->write_sync({SessionOpened{.pool = "p", .session = 3, .at_ms = kStart},
                                Charge{.at_ms = kStart, .day = utc_day(kStart), .pool = "p", .kind = "created",
                                       .micros = 10}})
@@ -284,6 +292,7 @@ TEST_F(StoreTest, MigratesOlderFilesAndRefusesNewerOnes) {
     auto s = open();
     ASSERT_NE(s, nullptr);
     EXPECT_EQ(s->schema_version(), kSchemaVersion);
+    EXPECT_EQ(s->instance_id().size(), 16u);
     EXPECT_EQ(count("SELECT count(*) FROM sessions WHERE session = 3"), 1);
     EXPECT_EQ(count("SELECT micros FROM daily_costs"), 10);
     ASSERT_TRUE(s->write_sync({ClientSessionSaved{.id = "c", .document = "{}", .expires_ms = kStart + 1}})

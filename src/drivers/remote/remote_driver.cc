@@ -119,7 +119,8 @@ bool retryable(int status) { return status == 408 || status == 429 || status >= 
 struct RemoteDriver::Shared {
   RemoteConfig config;
   std::string pool;
-  std::string tag_prefix;
+  std::string instance;
+  std::string run;
   Log* log = nullptr;
   std::unique_ptr<RestClient> client;
   std::string api_key;
@@ -145,7 +146,9 @@ struct RemoteDriver::Shared {
     return replace_all(replace_all(config.session_url, "{endpoint}", config.endpoint), "{id}",
                        url_encode(external_id));
   }
-  std::string tag_of(SessionId id) const { return tag_prefix + "/" + pool + "/" + std::to_string(id); }
+  // Every session this daemon made for this pool carries ours() at its start.
+  std::string ours() const { return instance + "/" + pool + "/"; }
+  std::string tag_of(SessionId id) const { return ours() + run + "/" + std::to_string(id); }
 
   RestRequest request(std::string method, std::string url, Duration timeout) const {
     RestRequest r{.method = std::move(method), .url = std::move(url), .timeout = timeout};
@@ -262,20 +265,22 @@ struct RemoteDriver::Shared {
       co_return std::unexpected(Error(ErrorCode::kProtocolError, "the session list has no array at \"" +
                                                                      config.list_path + "\": " + excerpt(r->body)));
     }
-    const std::string ours = tag_prefix + "/" + pool + "/";
+    const std::string mine = ours() + run + "/";
     std::vector<std::string> orphans;
     for (const json::value& item : list->get_array()) {
       auto tag = text_at(item, config.item_tag_path);
       auto id = text_at(item, config.item_id_path);
-      if (!tag || !id || !tag->starts_with(ours)) continue;
+      if (!tag || !id || !tag->starts_with(ours())) continue;
       if (!config.item_status_path.empty()) {
         auto s = text_at(item, config.item_status_path);
         if (!s || !(running(*s) || pending(*s))) continue;
       }
-      const std::string number = tag->substr(ours.size());
-      char* end = nullptr;
-      const unsigned long long session = std::strtoull(number.c_str(), &end, 10);
-      if (!number.empty() && end != nullptr && *end == '\0' && is_live(session)) continue;
+      if (tag->starts_with(mine)) {  // this run's: spared while live here
+        const std::string number = tag->substr(mine.size());
+        char* end = nullptr;
+        const unsigned long long session = std::strtoull(number.c_str(), &end, 10);
+        if (!number.empty() && end != nullptr && *end == '\0' && is_live(session)) continue;
+      }
       orphans.push_back(*id);
     }
     std::vector<std::string> closed;
@@ -390,56 +395,64 @@ class RemoteSession final : public DriverSession, public std::enable_shared_from
 }  // namespace
 
 std::expected<void, Error> validate_remote_config(const RemoteConfig& c) {
-  auto bad = [](std::string m) { return std::unexpected(Error(ErrorCode::kInvalidConfig, std::move(m))); };
-  if (c.endpoint.empty()) return bad("endpoint is required: the provider's URL that creates sessions");
-  if (auto u = parse_url(c.endpoint); !u) return bad("endpoint: " + u.error());
-  if (c.session_url.find("{id}") == std::string::npos) return bad("session_url must contain {id}");
+  auto bad = [](std::string key, std::string why) {
+    return std::unexpected(Error(ErrorCode::kInvalidConfig, key + ": " + why));
+  };
+  if (c.endpoint.empty()) return bad("endpoint", "is required: the provider's URL that creates sessions");
+  if (auto u = parse_url(c.endpoint); !u) return bad("endpoint", u.error());
+  if (c.session_url.find("{id}") == std::string::npos) return bad("session_url", "must contain {id}");
   if (auto u = parse_url(replace_all(replace_all(c.session_url, "{endpoint}", c.endpoint), "{id}", "x")); !u) {
-    return bad("session_url: " + u.error());
+    return bad("session_url", u.error());
   }
   {
     boost::system::error_code ec;
     const std::string sample = replace_all(
         replace_all(replace_all(c.create_body, "{pool}", "p"), "{session}", "1"), "{tag}", "t");
     json::value v = json::parse(sample, ec);
-    if (ec || !v.is_object()) return bad("create_body must be a JSON object (with {pool}, {session}, {tag} filled in)");
+    if (ec || !v.is_object()) {
+      return bad("create_body", "must be a JSON object (with {pool}, {session} and {tag} filled in)");
+    }
   }
   if (c.delete_method != "DELETE" && c.delete_method != "POST" && c.delete_method != "PATCH" &&
       c.delete_method != "PUT") {
-    return bad("delete_method must be DELETE, POST, PATCH or PUT");
+    return bad("delete_method", "must be DELETE, POST, PATCH or PUT");
   }
-  if (c.id_path.empty()) return bad("id_path is required");
+  if (c.id_path.empty()) return bad("id_path", "is required");
   if (!c.list_url.empty()) {
-    if (auto u = parse_url(c.list_url); !u) return bad("list_url: " + u.error());
+    if (auto u = parse_url(c.list_url); !u) return bad("list_url", u.error());
     if (c.create_body.find("{tag}") == std::string::npos) {
-      return bad("list_url needs create_body to carry {tag}: sweeps find this pool's sessions by it");
+      return bad("list_url", "needs create_body to carry {tag}: sweeps find this pool's sessions by it");
     }
-    if (c.item_id_path.empty() || c.item_tag_path.empty()) return bad("item_id_path and item_tag_path are required with list_url");
+    if (c.item_id_path.empty()) return bad("item_id_path", "is required with list_url");
+    if (c.item_tag_path.empty()) return bad("item_tag_path", "is required with list_url");
   }
-  if (c.running_status.empty()) return bad("running_status needs at least one status");
+  if (c.running_status.empty()) return bad("running_status", "needs at least one status");
   if (c.auth_header.empty() || c.auth_header.find_first_of(":\r\n ") != std::string::npos) {
-    return bad("auth_header must be a header name");
+    return bad("auth_header", "must be a header name");
   }
   if (!c.api_key_env.empty() && std::getenv(c.api_key_env.c_str()) == nullptr) {
-    return bad("api_key_env: the variable " + c.api_key_env + " is not set");
+    return bad("api_key_env", "the variable " + c.api_key_env + " is not set");
   }
-  if (c.request_timeout <= Duration{0} || c.start_timeout <= Duration{0} || c.check_timeout <= Duration{0} ||
-      c.poll_interval <= Duration{0} || c.retry_backoff <= Duration{0} ||
-      c.retry_backoff_max < c.retry_backoff) {
-    return bad("request_timeout, start_timeout, check_timeout, poll_interval and retry_backoff must be "
-               "positive, retry_backoff_max at least retry_backoff");
+  const std::pair<const char*, Duration> positive[] = {
+      {"request_timeout", c.request_timeout}, {"start_timeout", c.start_timeout},
+      {"check_timeout", c.check_timeout},     {"poll_interval", c.poll_interval},
+      {"retry_backoff", c.retry_backoff}};
+  for (const auto& [key, d] : positive) {
+    if (d <= Duration{0}) return bad(key, "must be positive");
   }
-  if (c.retries < 0 || c.retries > 20) return bad("retries must be 0 to 20");
-  if (c.max_answer < 1024) return bad("max_answer must be at least 1 KiB");
+  if (c.retry_backoff_max < c.retry_backoff) return bad("retry_backoff_max", "must be at least retry_backoff");
+  if (c.retries < 0 || c.retries > 20) return bad("retries", "must be 0 to 20");
+  if (c.max_answer < 1024) return bad("max_answer", "must be at least 1 KiB");
   return {};
 }
 
-RemoteDriver::RemoteDriver(RemoteConfig config, std::string pool, std::string tag_prefix, Log* log,
-                           std::unique_ptr<RestClient> client, std::string api_key)
+RemoteDriver::RemoteDriver(RemoteConfig config, std::string pool, std::string instance, std::string run,
+                           Log* log, std::unique_ptr<RestClient> client, std::string api_key)
     : config_(std::move(config)), shared_(std::make_shared<Shared>()) {
   shared_->config = config_;
   shared_->pool = std::move(pool);
-  shared_->tag_prefix = std::move(tag_prefix);
+  shared_->instance = std::move(instance);
+  shared_->run = std::move(run);
   shared_->log = log != nullptr ? log : &runtime::stderr_log();
   shared_->client = std::move(client);
   shared_->api_key = std::move(api_key);
@@ -448,15 +461,16 @@ RemoteDriver::RemoteDriver(RemoteConfig config, std::string pool, std::string ta
 RemoteDriver::~RemoteDriver() = default;
 
 std::expected<std::unique_ptr<RemoteDriver>, Error> RemoteDriver::create(RemoteConfig config, std::string pool,
-                                                                         std::string tag_prefix, Log* log) {
+                                                                         std::string instance, std::string run,
+                                                                         Log* log) {
   if (auto ok = validate_remote_config(config); !ok) return std::unexpected(ok.error());
   std::string key;
   if (!config.api_key_env.empty()) key = std::getenv(config.api_key_env.c_str());
   auto client = RestClient::create({.ca_file = config.ca_file, .max_body = config.max_answer});
   if (!client) return std::unexpected(Error(ErrorCode::kInvalidConfig, client.error()));
   return std::unique_ptr<RemoteDriver>(new RemoteDriver(std::move(config), std::move(pool),
-                                                        std::move(tag_prefix), log, std::move(*client),
-                                                        std::move(key)));
+                                                        std::move(instance), std::move(run), log,
+                                                        std::move(*client), std::move(key)));
 }
 
 std::string RemoteDriver::describe() const { return "remote " + config_.endpoint; }

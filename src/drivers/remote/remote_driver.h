@@ -16,9 +16,9 @@
 //
 // Leaks: a create whose answer never came may still have made a session. With
 // `list_url` set, every session is created carrying a tag ("{tag}" in
-// create_body: "<prefix>/<pool>/<session id>"), and sweep() deletes the
-// provider's running sessions that carry this pool's tag but are not live
-// here. The daemon sweeps at start (after a crash) and the driver sweeps after
+// create_body: "<instance>/<pool>/<run>/<session id>"), and sweep() deletes
+// the provider's running sessions that carry this daemon's and pool's tag but
+// are not live in this run. The daemon sweeps at start (after a crash) and the driver sweeps after
 // each such unanswered create. close_session() closes one session by its
 // provider id (restart reconciliation).
 //
@@ -102,11 +102,13 @@ enum class RemoteClosed : std::uint8_t {
 
 class RemoteDriver final : public runtime::Driver {
  public:
-  // `tag_prefix` names this daemon's sessions at the provider (stable across
-  // restarts: the store's instance id). `log` must outlive the driver.
+  // `instance` names this daemon's sessions at the provider (stable across
+  // restarts: the store's instance id) and `run` this run of it. `log` must
+  // outlive the driver.
   static std::expected<std::unique_ptr<RemoteDriver>, Error> create(RemoteConfig config,
                                                                     std::string pool,
-                                                                    std::string tag_prefix,
+                                                                    std::string instance,
+                                                                    std::string run,
                                                                     runtime::Log* log = nullptr);
   ~RemoteDriver() override;
 
@@ -130,8 +132,8 @@ class RemoteDriver final : public runtime::Driver {
   struct Shared;  // what sessions share with the driver
 
  private:
-  RemoteDriver(RemoteConfig config, std::string pool, std::string tag_prefix, runtime::Log* log,
-               std::unique_ptr<RestClient> client, std::string api_key);
+  RemoteDriver(RemoteConfig config, std::string pool, std::string instance, std::string run,
+               runtime::Log* log, std::unique_ptr<RestClient> client, std::string api_key);
 
   RemoteConfig config_;
   std::shared_ptr<Shared> shared_;
