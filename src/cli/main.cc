@@ -403,7 +403,10 @@ int run(int argc, char** argv) {
     json::object body{{"timeout_ms", flag_ms("timeout", timeout)}, {"priority", priority}};
     if (!client_session.empty()) body["client_session"] = client_session;
     auto v = call(g, "POST", "/v1/pools/" + quote_path(pool) + "/leases", json::serialize(body));
-    return print_or_fail(g, v, v ? text(*v, "lease") : "");
+    // The lease id; then, for sessions reached by URL (remote), that URL.
+    std::string out = v ? text(*v, "lease") : "";
+    if (v && !text(*v, "connect").empty()) out += "\n" + text(*v, "connect");
+    return print_or_fail(g, v, out);
   }
   if (*release_cmd) {
     auto v = call(g, "DELETE", "/v1/leases/" + quote_path(lease_id),

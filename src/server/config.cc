@@ -321,6 +321,7 @@ std::vector<Field> pool_fields(PoolEntry& e) {
       {"item_id_path", string(r.item_id_path)},
       {"item_status_path", string(r.item_status_path)},
       {"item_tag_path", string(r.item_tag_path)},
+      {"item_created_path", string(r.item_created_path)},
       {"ca_file", string(r.ca_file)},
       {"request_timeout", duration(r.request_timeout)},
       {"poll_interval", duration(r.poll_interval)},
@@ -344,7 +345,8 @@ const std::vector<std::string>& remote_only_keys() {
   static const std::vector<std::string> keys = {
       "endpoint", "session_url", "create_body", "delete_method", "api_key_env", "auth_header",
       "auth_scheme", "id_path", "connect_path", "status_path", "running_status", "pending_status",
-      "list_url", "list_path", "item_id_path", "item_status_path", "item_tag_path", "ca_file",
+      "list_url", "list_path", "item_id_path", "item_status_path", "item_tag_path",
+      "item_created_path", "ca_file",
       "request_timeout", "poll_interval", "retries", "retry_backoff", "retry_backoff_max",
       "max_answer"};
   return keys;

@@ -153,7 +153,12 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
     std::expected<std::unique_ptr<runtime::Driver>, Error> driver = std::unexpected(Error());
     if (e.driver == "remote") {
       auto remote = drivers::RemoteDriver::create(e.remote, e.pool.name, instance, run, &log);
-      if (remote) remotes[e.pool.name] = remote->get();
+      if (remote) {
+        remotes[e.pool.name] = remote->get();
+        (*remote)->set_sweep_hook([&ledger, name = e.pool.name](const std::vector<drivers::SweptSession>& swept) {
+          ledger.swept(name, swept);
+        });
+      }
       driver = remote ? std::expected<std::unique_ptr<runtime::Driver>, Error>(std::move(*remote))
                       : std::unexpected(remote.error());
     } else {
@@ -287,11 +292,7 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
             auto sweeping = driver->sweep();
             auto swept = co_await std::move(sweeping);
             if (reconciling_stopped) co_return;
-            if (swept) {
-              if (!swept->empty()) {
-                ledger.audit("sweep", pool,
-                             "{\"deleted\":" + std::to_string(swept->size()) + "}");
-              }
+            if (swept) {  // the sweep hook charged what it deleted
               log.write(runtime::LogLevel::kInfo, "swept the provider for untracked sessions",
                         {{"pool", pool}, {"deleted", std::to_string(swept->size())}});
               co_return;

@@ -273,12 +273,43 @@ void Ledger::on_event(const std::string& pool, const core::Event& e) {
   deliver(changes);
 }
 
-void Ledger::audit(std::string action, std::string pool, std::string detail) {
-  write({store::AuditEntry{.at_ms = now_ms_(),
-                           .actor = "daemon",
-                           .action = std::move(action),
-                           .pool = std::move(pool),
-                           .detail = std::move(detail)}});
+void Ledger::swept(const std::string& pool, const std::vector<drivers::SweptSession>& sessions) {
+  std::vector<BudgetChange> changes;
+  {
+    std::lock_guard lock(mu_);
+    auto it = pools_.find(pool);
+    if (it == pools_.end()) return;
+    const core::CostModel& model = it->second.meter.model();
+    std::vector<store::Record> rows;
+    std::vector<core::CostCharge> all;
+    for (const drivers::SweptSession& s : sessions) {
+      std::vector<core::CostCharge> charges;
+      core::CostMeter meter({.per_session = model.per_session, .per_hour_alive = model.per_hour_alive});
+      const std::int64_t created = std::min(s.created_ms.value_or(s.deleted_ms), s.deleted_ms);
+      meter.session_started(s.session, created, charges);
+      meter.session_closed(s.session, s.deleted_ms, charges);
+      std::int64_t cost = 0;
+      for (const core::CostCharge& c : charges) cost += c.micros;
+      record(pool, charges, rows);
+      rows.push_back(store::SessionSwept{.run = s.run,
+                                         .pool = pool,
+                                         .session = s.session,
+                                         .external_id = s.external_id,
+                                         .created_ms = created,
+                                         .closed_ms = s.deleted_ms,
+                                         .cost_micros = cost});
+      all.insert(all.end(), charges.begin(), charges.end());
+    }
+    rows.push_back(store::AuditEntry{
+        .at_ms = now_ms_(),
+        .actor = "daemon",
+        .action = "sweep",
+        .pool = pool,
+        .detail = json::serialize(json::object{{"deleted", sessions.size()}})});
+    write(std::move(rows));
+    if (!all.empty()) check_budgets(changes);
+  }
+  deliver(changes);
 }
 
 void Ledger::tick() {

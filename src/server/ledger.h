@@ -91,8 +91,11 @@ class Ledger {
   void set_budget_hook(BudgetHook hook);
 
   void on_event(const std::string& pool, const core::Event& e);
-  // One row of the audit log by the daemon (detail: a JSON object's text).
-  void audit(std::string action, std::string pool, std::string detail);
+  // Sessions a sweep found at the provider with no row of them (their run
+  // died before writing it) and deleted: each is charged the pool's fee and
+  // its time alive from when the provider says it was created (else only the
+  // fee) to its deletion, and gets a closed row ("swept").
+  void swept(const std::string& pool, const std::vector<drivers::SweptSession>& sessions);
   void tick();
 
   // Why a tenant's acquires are refused now (its budget is spent), if they are.

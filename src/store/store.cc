@@ -454,6 +454,18 @@ void Store::apply(Db& db, const Record& record) {
               .bind(4, r.external_id)
               .bind(5, r.at_ms)
               .run();
+        } else if constexpr (std::is_same_v<T, SessionSwept>) {
+          db.prepare(
+                "INSERT OR IGNORE INTO sessions (run, pool, session, external_id, created_ms, "
+                "closed_ms, reason, cost_micros) VALUES (?, ?, ?, ?, ?, ?, 'swept', ?)")
+              .bind(1, r.run)
+              .bind(2, r.pool)
+              .bind(3, as_i64(r.session))
+              .bind(4, r.external_id)
+              .bind(5, r.created_ms)
+              .bind(6, r.closed_ms)
+              .bind(7, r.cost_micros)
+              .run();
         } else if constexpr (std::is_same_v<T, SessionClosed> || std::is_same_v<T, SessionReconciled>) {
           std::int64_t run = run_;
           std::int64_t uses = -1;  // kept as it is

@@ -77,6 +77,19 @@ struct SessionReconciled {
   std::int64_t cost_micros = 0;
 };
 
+// A paid session found at its provider with no row of it (the run that made
+// it died before writing it), deleted there: one closed row. `run` and
+// `session` come from the tag it carried; a row that exists stays.
+struct SessionSwept {
+  std::int64_t run = 0;
+  std::string pool;
+  std::uint64_t session = 0;
+  std::string external_id;
+  std::int64_t created_ms = 0;
+  std::int64_t closed_ms = 0;
+  std::int64_t cost_micros = 0;
+};
+
 struct LeaseEnded {
   std::string pool;
   std::uint64_t session = 0;
@@ -138,7 +151,7 @@ struct AlertRecord {
   std::string message{};
 };
 
-using Record = std::variant<SessionOpened, SessionClosed, SessionReconciled, LeaseEnded, Charge,
+using Record = std::variant<SessionOpened, SessionClosed, SessionReconciled, SessionSwept, LeaseEnded, Charge,
                             AuditEntry, ClientSessionSaved, ClientSessionRemoved, ScaleEvent,
                             AlertRecord>;
 

@@ -318,6 +318,8 @@ TEST_F(RemoteDriverTest, ACreateWhoseAnswerNeverCameIsSweptAfterwards) {
 
 TEST_F(RemoteDriverTest, ASweepDeletesOnlyThisPoolsSessionsThatAreNotLive) {
   auto d = driver(config());
+  std::vector<SweptSession> hooked;
+  d->set_sweep_hook([&](const std::vector<SweptSession>& s) { hooked.insert(hooked.end(), s.begin(), s.end()); });
   auto live = start(*d, 1);
   ASSERT_NE(live, nullptr);
   // Sessions made by others: an earlier run of this daemon (one with the
@@ -335,11 +337,23 @@ TEST_F(RemoteDriverTest, ASweepDeletesOnlyThisPoolsSessionsThatAreNotLive) {
   for (const auto& s : sessions()) {
     const bool stopped = !s.at("stopped_at").is_null();
     const std::string id(s.at("id").as_string());
-    EXPECT_EQ(stopped, id == (*swept)[0] || id == (*swept)[1]) << s;
+    EXPECT_EQ(stopped, id == (*swept)[0].external_id || id == (*swept)[1].external_id) << s;
   }
   EXPECT_EQ(fake_.open_sessions(), 4);
   EXPECT_EQ(live->external_id(), std::string(sessions().at(0).at("id").as_string()));
   EXPECT_TRUE(sessions().at(0).at("stopped_at").is_null());
+  // Who made each (from its tag) and when (the provider's created_at).
+  ASSERT_EQ(hooked.size(), 2u);
+  EXPECT_EQ(std::make_pair(hooked[0].run, hooked[0].session), std::make_pair(std::int64_t{5}, SessionId{99}));
+  EXPECT_EQ(std::make_pair(hooked[1].run, hooked[1].session), std::make_pair(std::int64_t{4}, SessionId{1}));
+  const json::array all = sessions();
+  for (std::size_t i = 0; i < 2; ++i) {
+    const json::value& s = all.at(i + 1);
+    EXPECT_EQ(hooked[i].external_id, s.at("id").as_string());
+    ASSERT_TRUE(hooked[i].created_ms.has_value());
+    EXPECT_NEAR(static_cast<double>(*hooked[i].created_ms), s.at("created_at").as_double() * 1000, 1.0);
+    EXPECT_GE(hooked[i].deleted_ms, *hooked[i].created_ms);
+  }
   run(live->stop(StopReason::kShutdown));
 }
 
@@ -396,6 +410,17 @@ TEST(RemoteConfigTest, BadConfigsAreRefusedWithTheirKey) {
     ASSERT_FALSE(ok.has_value()) << k.says;
     EXPECT_EQ(ok.error().code, ErrorCode::kInvalidConfig);
     EXPECT_NE(ok.error().message.find(k.says), std::string::npos) << ok.error().message;
+  }
+}
+
+TEST(ProviderTimeTest, ReadsUtcIso8601) {
+  EXPECT_EQ(provider_time_ms("1970-01-01T00:00:00Z"), 0);
+  EXPECT_EQ(provider_time_ms("2026-12-04T17:53:22.123Z"), 1796406802123);
+  EXPECT_EQ(provider_time_ms("2026-12-04T17:53:22.5+00:00"), 1796406802500);
+  EXPECT_EQ(provider_time_ms("2024-02-29T00:00:00Z"), 1709164800000);
+  for (const char* bad : {"", "2026-12-04", "2026-12-04T17:53:22", "2026-12-04T17:53:22+01:00",
+                          "2026-02-30T00:00:00Z", "2026-12-04T25:00:00Z", "yesterday"}) {
+    EXPECT_FALSE(provider_time_ms(bad).has_value()) << bad;
   }
 }
 

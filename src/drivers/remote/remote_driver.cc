@@ -9,6 +9,8 @@
 #include <boost/json.hpp>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <random>
 #include <utility>
@@ -114,6 +116,51 @@ bool one_of(const std::vector<std::string>& list, std::string_view s) {
 
 bool retryable(int status) { return status == 408 || status == 429 || status >= 500; }
 
+// UNIX seconds (a number) or "YYYY-MM-DDTHH:MM:SS[.fff]Z" as UNIX ms.
+std::optional<std::int64_t> time_ms(const json::value* v) {
+  if (v == nullptr) return std::nullopt;
+  if (v->is_number()) {
+    const double seconds = v->to_number<double>();
+    if (!(seconds > 0 && seconds < 1e11)) return std::nullopt;
+    return static_cast<std::int64_t>(seconds * 1000);
+  }
+  const json::string* s = v->if_string();
+  if (s == nullptr) return std::nullopt;
+  return provider_time_ms(std::string_view(*s));
+}
+
+}  // namespace
+
+std::optional<std::int64_t> provider_time_ms(std::string_view iso) {
+  int y = 0, mo = 0, d = 0, h = 0, mi = 0, sec = 0, used = 0;
+  const std::string text(iso);
+  if (std::sscanf(text.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &sec, &used) != 6) {
+    return std::nullopt;
+  }
+  std::int64_t ms = 0;
+  std::size_t at = static_cast<std::size_t>(used);
+  if (at < text.size() && text[at] == '.') {
+    std::int64_t scale = 100;
+    for (++at; at < text.size() && text[at] >= '0' && text[at] <= '9'; ++at) {
+      ms += (text[at] - '0') * scale;
+      scale /= 10;
+    }
+  }
+  if (at >= text.size() || (text.substr(at) != "Z" && text.substr(at) != "+00:00")) return std::nullopt;
+  const std::chrono::year_month_day ymd{std::chrono::year(y), std::chrono::month(static_cast<unsigned>(mo)),
+                                        std::chrono::day(static_cast<unsigned>(d))};
+  if (!ymd.ok() || h > 23 || mi > 59 || sec > 60) return std::nullopt;
+  const std::int64_t days = std::chrono::sys_days(ymd).time_since_epoch().count();
+  return ((days * 24 + h) * 60 + mi) * 60'000 + sec * 1000 + ms;
+}
+
+namespace {
+
+std::int64_t wall_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(real_clock().wall_now().time_since_epoch())
+      .count();
+}
+
 }  // namespace
 
 struct RemoteDriver::Shared {
@@ -127,6 +174,7 @@ struct RemoteDriver::Shared {
 
   std::mutex mu;
   std::set<SessionId> live;  // starting or running here
+  std::function<void(const std::vector<SweptSession>&)> on_swept;
   std::minstd_rand random{std::random_device{}()};
 
   bool is_live(SessionId id) {
@@ -252,7 +300,7 @@ struct RemoteDriver::Shared {
   }
   bool pending(const std::string& status) const { return one_of(config.pending_status, status); }
 
-  asio::awaitable<std::expected<std::vector<std::string>, Error>> sweep() {
+  asio::awaitable<std::expected<std::vector<SweptSession>, Error>> sweep() {
     auto listing = idempotent(request("GET", config.list_url, config.request_timeout), config.retries);
     auto r = co_await std::move(listing);
     if (!r || r->status < 200 || r->status >= 300) {
@@ -266,7 +314,7 @@ struct RemoteDriver::Shared {
                                                                      config.list_path + "\": " + excerpt(r->body)));
     }
     const std::string mine = ours() + run + "/";
-    std::vector<std::string> orphans;
+    std::vector<SweptSession> orphans;
     for (const json::value& item : list->get_array()) {
       auto tag = text_at(item, config.item_tag_path);
       auto id = text_at(item, config.item_id_path);
@@ -275,27 +323,49 @@ struct RemoteDriver::Shared {
         auto s = text_at(item, config.item_status_path);
         if (!s || !(running(*s) || pending(*s))) continue;
       }
-      if (tag->starts_with(mine)) {  // this run's: spared while live here
-        const std::string number = tag->substr(mine.size());
+      // The rest of the tag: "<run>/<session>".
+      SweptSession found{.external_id = *id};
+      const std::string rest = tag->substr(ours().size());
+      const std::size_t slash = rest.find('/');
+      if (slash != std::string::npos) {
         char* end = nullptr;
-        const unsigned long long session = std::strtoull(number.c_str(), &end, 10);
-        if (!number.empty() && end != nullptr && *end == '\0' && is_live(session)) continue;
+        const std::string run_text = rest.substr(0, slash), session_text = rest.substr(slash + 1);
+        const long long found_run = std::strtoll(run_text.c_str(), &end, 10);
+        const bool run_ok = !run_text.empty() && *end == '\0';
+        const unsigned long long found_session = std::strtoull(session_text.c_str(), &end, 10);
+        if (run_ok && !session_text.empty() && *end == '\0') {
+          found.run = found_run;
+          found.session = found_session;
+        }
       }
-      orphans.push_back(*id);
+      if (tag->starts_with(mine) && found.session != 0 && is_live(found.session)) continue;
+      if (!config.item_created_path.empty()) found.created_ms = time_ms(at_path(item, config.item_created_path));
+      orphans.push_back(std::move(found));
     }
-    std::vector<std::string> closed;
-    for (const std::string& id : orphans) {
-      auto deleting = delete_once(id);
+    std::vector<SweptSession> deleted;
+    std::optional<Error> failed;
+    for (SweptSession& o : orphans) {
+      auto deleting = delete_once(o.external_id);
       auto done = co_await std::move(deleting);
       if (!done) {
-        co_return std::unexpected(Error(ErrorCode::kSessionStartFailed,
-                                        "cannot delete orphaned session " + id + ": " + done.error()));
+        failed = Error(ErrorCode::kSessionStartFailed, "cannot delete orphaned session " + o.external_id + ": " + done.error());
+        break;
       }
+      o.deleted_ms = wall_ms();
       log->write(LogLevel::kWarn, "deleted an orphaned remote session",
-                 {{"pool", pool}, {"external_id", id}});
-      closed.push_back(id);
+                 {{"pool", pool}, {"external_id", o.external_id}});
+      deleted.push_back(std::move(o));
     }
-    co_return closed;
+    if (!deleted.empty()) {
+      std::function<void(const std::vector<SweptSession>&)> hook;
+      {
+        std::lock_guard lock(mu);
+        hook = on_swept;
+      }
+      if (hook) hook(deleted);
+    }
+    if (failed) co_return std::unexpected(*failed);
+    co_return deleted;
   }
 };
 
@@ -564,9 +634,14 @@ asio::awaitable<std::expected<RemoteClosed, Error>> RemoteDriver::close_session(
   co_return RemoteClosed::kClosed;
 }
 
-asio::awaitable<std::expected<std::vector<std::string>, Error>> RemoteDriver::sweep() {
+void RemoteDriver::set_sweep_hook(std::function<void(const std::vector<SweptSession>&)> hook) {
+  std::lock_guard lock(shared_->mu);
+  shared_->on_swept = std::move(hook);
+}
+
+asio::awaitable<std::expected<std::vector<SweptSession>, Error>> RemoteDriver::sweep() {
   std::shared_ptr<Shared> s = shared_;
-  if (s->config.list_url.empty()) co_return std::vector<std::string>{};
+  if (s->config.list_url.empty()) co_return std::vector<SweptSession>{};
   auto sweeping = s->sweep();
   co_return co_await std::move(sweeping);
 }

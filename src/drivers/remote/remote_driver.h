@@ -35,10 +35,13 @@
 #include <chrono>
 #include <cstdint>
 #include <expected>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <mutex>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "runtime/driver.h"
@@ -77,6 +80,9 @@ struct RemoteConfig {
   std::string item_id_path = "id";
   std::string item_status_path = "status";
   std::string item_tag_path = "metadata.poolkeeper";
+  // When it was created: UNIX seconds (a number) or UTC ISO 8601 text
+  // ("2026-12-04T17:53:22.123Z"); empty or absent: unknown.
+  std::string item_created_path = "created_at";
 
   std::string ca_file;  // PEM CAs trusted for https besides the system's
 
@@ -93,6 +99,19 @@ struct RemoteConfig {
 };
 
 std::expected<void, Error> validate_remote_config(const RemoteConfig& config);
+
+// A provider's UTC time in ISO 8601 ("2026-12-04T17:53:22.123Z", "+00:00")
+// as UNIX milliseconds; nullopt for anything else.
+std::optional<std::int64_t> provider_time_ms(std::string_view iso);
+
+// A session a sweep deleted: who made it (from its tag) and when.
+struct SweptSession {
+  std::string external_id;
+  std::int64_t run = 0;         // from its tag (0: not readable)
+  SessionId session = 0;        // from its tag
+  std::optional<std::int64_t> created_ms{};  // UNIX ms, when the provider says
+  std::int64_t deleted_ms = 0;  // UNIX ms
+};
 
 // What reconciliation found for one session.
 enum class RemoteClosed : std::uint8_t {
@@ -121,8 +140,12 @@ class RemoteDriver final : public runtime::Driver {
   // it still runs (retried).
   runtime::asio::awaitable<std::expected<RemoteClosed, Error>> close_session(std::string external_id);
   // Deletes the provider's running sessions tagged as this pool's that are
-  // not live here; returns their ids. Needs list_url.
-  runtime::asio::awaitable<std::expected<std::vector<std::string>, Error>> sweep();
+  // not live here and returns them (each also goes to the sweep hook). Needs
+  // list_url.
+  runtime::asio::awaitable<std::expected<std::vector<SweptSession>, Error>> sweep();
+  // Called with what every sweep deleted (the daemon charges it), from the
+  // sweeping coroutine; set before the pool starts.
+  void set_sweep_hook(std::function<void(const std::vector<SweptSession>&)> hook);
   bool can_sweep() const { return !config_.list_url.empty(); }
 
   const RemoteConfig& config() const { return config_; }
