@@ -28,6 +28,7 @@
 
 #include "cli/http_client.h"
 #include "runtime/log.h"
+#include "runtime/text.h"
 #include "server/config.h"
 #include "server/daemon.h"
 
@@ -47,20 +48,7 @@ std::string env_or(const char* name, std::string fallback) {
   return v != nullptr && *v != '\0' ? std::string(v) : std::move(fallback);
 }
 
-std::string quote_path(std::string_view s) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
-      out += static_cast<char>(c);
-    } else {
-      out += '%';
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    }
-  }
-  return out;
-}
+std::string quote_path(std::string_view s) { return runtime::percent_encode(s); }
 
 // Calls the API; prints the error and returns nullopt when it fails.
 std::optional<json::value> call(const Globals& g, const std::string& method, const std::string& target,

@@ -30,6 +30,7 @@
 #include "drivers/process/proc_stats.h"
 #include "drivers/process/spawn.h"
 #include "runtime/completion.h"
+#include "runtime/text.h"
 
 namespace poolkeeper::drivers {
 namespace {
@@ -41,29 +42,19 @@ using runtime::ExecuteRequest;
 using runtime::Log;
 using runtime::LogLevel;
 using runtime::Usage;
+using runtime::excerpt;
+using runtime::ms_text;
 using namespace std::chrono_literals;
 
 constexpr int kMethodNotFound = -32601;
 constexpr std::size_t kRecentStderr = 10;
 constexpr std::size_t kAbandonedIds = 256;
 
-std::string ms_text(Duration d) {
-  return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) + " ms";
-}
-
 std::string exit_text(const siginfo_t& info) {
   if (info.si_code == CLD_EXITED) return "exited with code " + std::to_string(info.si_status);
   const char* abbrev = ::sigabbrev_np(info.si_status);
   return std::string(info.si_code == CLD_DUMPED ? "dumped core on signal " : "was killed by signal ") +
          std::to_string(info.si_status) + (abbrev != nullptr ? std::string(" (SIG") + abbrev + ")" : "");
-}
-
-// A short, printable excerpt of untrusted bytes for error messages.
-std::string excerpt(std::string_view s, std::size_t n = 80) {
-  std::string out;
-  for (unsigned char c : s.substr(0, n)) out += (c >= 0x20 && c < 0x7f) ? static_cast<char>(c) : '?';
-  if (s.size() > n) out += "...";
-  return out;
 }
 
 using Reply = std::expected<ExecuteReply, Error>;

@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "drivers/remote/rest_client.h"
+#include "runtime/text.h"
 
 namespace poolkeeper::drivers {
 
@@ -32,18 +33,6 @@ using namespace std::chrono_literals;
 namespace {
 
 constexpr auto kTuple = asio::as_tuple(asio::use_awaitable);
-
-std::string ms_text(Duration d) {
-  return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) + " ms";
-}
-
-// A short, printable excerpt of an answer for messages.
-std::string excerpt(std::string_view s, std::size_t n = 200) {
-  std::string out;
-  for (unsigned char c : s.substr(0, n)) out += (c >= 0x20 && c < 0x7f) ? static_cast<char>(c) : '?';
-  if (s.size() > n) out += "...";
-  return out;
-}
 
 // The value at a dot path ("data.id", "data.0.id"), or null.
 const json::value* at_path(const json::value& root, std::string_view path) {
@@ -79,22 +68,6 @@ std::optional<std::string> text_at(const json::value& root, std::string_view pat
   if (v->is_int64()) return std::to_string(v->get_int64());
   if (v->is_uint64()) return std::to_string(v->get_uint64());
   return std::nullopt;
-}
-
-std::string url_encode(std::string_view s) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : s) {
-    if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
-        c == '_' || c == '.' || c == '~') {
-      out += static_cast<char>(c);
-    } else {
-      out += '%';
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    }
-  }
-  return out;
 }
 
 // A JSON string's content without its quotes.
@@ -192,7 +165,7 @@ struct RemoteDriver::Shared {
 
   std::string session_url(std::string_view external_id) const {
     return replace_all(replace_all(config.session_url, "{endpoint}", config.endpoint), "{id}",
-                       url_encode(external_id));
+                       runtime::percent_encode(external_id));
   }
   // Every session this daemon made for this pool carries ours() at its start.
   std::string ours() const { return instance + "/" + pool + "/"; }
@@ -232,7 +205,7 @@ struct RemoteDriver::Shared {
 
   static std::string failure(const std::expected<RestResponse, RestError>& r) {
     if (!r) return r.error().message;
-    return "HTTP " + std::to_string(r->status) + (r->body.empty() ? "" : ": " + excerpt(r->body));
+    return "HTTP " + std::to_string(r->status) + (r->body.empty() ? "" : ": " + runtime::excerpt(r->body, 200));
   }
 
   // Deletes a session at the provider; true once it is gone there.
@@ -290,7 +263,7 @@ struct RemoteDriver::Shared {
     if (!s) {
       co_return std::unexpected(Error(ErrorCode::kProtocolError, "status of " + external_id + ": no \"" +
                                                                      config.status_path + "\" in " +
-                                                                     excerpt(r->body)));
+                                                                     runtime::excerpt(r->body, 200)));
     }
     co_return s;
   }
@@ -311,7 +284,7 @@ struct RemoteDriver::Shared {
     const json::value* list = ec ? nullptr : at_path(body, config.list_path);
     if (list == nullptr || !list->is_array()) {
       co_return std::unexpected(Error(ErrorCode::kProtocolError, "the session list has no array at \"" +
-                                                                     config.list_path + "\": " + excerpt(r->body)));
+                                                                     config.list_path + "\": " + runtime::excerpt(r->body, 200)));
     }
     const std::string mine = ours() + run + "/";
     std::vector<SweptSession> orphans;
@@ -586,7 +559,7 @@ asio::awaitable<std::expected<std::shared_ptr<DriverSession>, Error>> RemoteDriv
   json::value body = json::parse(r->body, ec);
   std::optional<std::string> external = ec ? std::nullopt : text_at(body, s->config.id_path);
   if (!external || external->empty()) {
-    co_return fail("create: no session id at \"" + s->config.id_path + "\" in " + excerpt(r->body));
+    co_return fail("create: no session id at \"" + s->config.id_path + "\" in " + runtime::excerpt(r->body, 200));
   }
   // From here on a failure must delete what was made.
   auto abandon = [&](std::string why) {
@@ -597,7 +570,7 @@ asio::awaitable<std::expected<std::shared_ptr<DriverSession>, Error>> RemoteDriv
   if (!s->config.connect_path.empty()) {
     auto c = text_at(body, s->config.connect_path);
     if (!c || c->empty()) {
-      co_return abandon("create: no connect URL at \"" + s->config.connect_path + "\" in " + excerpt(r->body));
+      co_return abandon("create: no connect URL at \"" + s->config.connect_path + "\" in " + runtime::excerpt(r->body, 200));
     }
     connect = std::move(*c);
   }
@@ -609,7 +582,7 @@ asio::awaitable<std::expected<std::shared_ptr<DriverSession>, Error>> RemoteDriv
   while (!s->running(status)) {
     if (!s->pending(status)) co_return abandon("the provider reports the new session " + status);
     if (real_clock().now() + s->config.poll_interval >= deadline) {
-      co_return abandon("not running within " + ms_text(s->config.start_timeout) + " (still " + status + ")");
+      co_return abandon("not running within " + runtime::ms_text(s->config.start_timeout) + " (still " + status + ")");
     }
     asio::steady_timer wait(ex, s->config.poll_interval);
     (void)co_await wait.async_wait(kTuple);
