@@ -647,6 +647,10 @@ class Loader {
         if (t->contains("start_timeout")) e.remote.start_timeout = e.process.start_timeout;
         if (t->contains("check_timeout")) e.remote.check_timeout = e.process.check_timeout;
         if (!e.remote.ca_file.empty()) e.remote.ca_file = resolve(e.remote.ca_file);
+        if (!e.remote.api_key_env.empty() && !env_.contains(e.remote.api_key_env)) {
+          return fail(where(path + ".api_key_env", t->get("api_key_env")) + "the variable " +
+                      e.remote.api_key_env + " is not set");
+        }
         e.process = {};
       } else if (e.process.command.empty()) {
         return fail(where(path + ".command", t) + "is required: the worker's argv, such as "

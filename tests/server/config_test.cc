@@ -340,6 +340,76 @@ TEST(ConfigTest, ParsesDurationsAndSizes) {
   EXPECT_FALSE(parse_size("MiB").has_value());
 }
 
+constexpr const char* kRemote = R"(
+[server]
+listen = "127.0.0.1:0"
+auth = "none"
+
+[pools.browsers]
+driver = "remote"
+endpoint = "https://api.example.com/v1/sessions"
+api_key_env = "PROVIDER_KEY"
+)";
+
+// Verifies that a remote pool reads its driver's keys (and the two it shares
+// with the process driver), and that each driver's keys are refused on a
+// pool of the other kind, with the line.
+TEST(ConfigTest, ReadsRemotePoolsAndKeepsDriverKeysApart) {
+  const Environment env{{"PROVIDER_KEY", "k"}};
+  auto c = parse(std::string(kRemote) +
+                     "create_body = '{\"platform\": \"{pool}\", \"metadata\": {\"t\": \"{tag}\"}}'\n"
+                     "list_url = \"https://api.example.com/v1/sessions\"\nitem_tag_path = \"metadata.t\"\n"
+                     "running_status = [\"RUNNING\"]\nstart_timeout = \"90s\"\ncheck_timeout = \"3s\"\n"
+                     "retries = 2\nca_file = \"ca.pem\"\nmin = 1\ncost_per_session = 0.01\n",
+                 env);
+  ASSERT_TRUE(c.has_value()) << c.error().message;
+  const PoolEntry& p = c->pools.at(0);
+  EXPECT_EQ(p.driver, "remote");
+  EXPECT_EQ(p.remote.endpoint, "https://api.example.com/v1/sessions");
+  EXPECT_EQ(p.remote.item_tag_path, "metadata.t");
+  EXPECT_EQ(p.remote.running_status, (std::vector<std::string>{"RUNNING"}));
+  EXPECT_EQ(p.remote.start_timeout, 90s);
+  EXPECT_EQ(p.remote.check_timeout, 3s);
+  EXPECT_EQ(p.remote.retries, 2);
+  EXPECT_EQ(p.remote.ca_file, "/etc/pk/ca.pem");
+  EXPECT_EQ(p.remote.session_url, "{endpoint}/{id}");
+  EXPECT_EQ(p.cost.per_session, 10'000);
+
+  EXPECT_EQ(refusal(std::string(kRemote) + "command = [\"x\"]\n", env),
+            "test.toml:10: pools.browsers.command: is only for driver = \"process\" (this pool's driver is "
+            "\"remote\")");
+  EXPECT_EQ(refusal(std::string(kMinimal) + "endpoint = \"http://x/\"\n"),
+            "test.toml:8: pools.py.endpoint: is only for driver = \"remote\" (this pool's driver is "
+            "\"process\")");
+  EXPECT_EQ(refusal(kRemote), "test.toml:9: pools.browsers.api_key_env: the variable PROVIDER_KEY is not set");
+  EXPECT_EQ(refusal(std::string(kRemote) + "session_url = \"{endpoint}/x\"\n", env),
+            "test.toml:10: pools.browsers.session_url: must contain {id}");
+  EXPECT_EQ(refusal(std::string(kRemote) + "list_url = \"http://x/\"\n", env),
+            "test.toml:10: pools.browsers.list_url: needs create_body to carry {tag}: sweeps find this "
+            "pool's sessions by it");
+  EXPECT_NE(refusal("[server]\nauth = \"none\"\n[pools.b]\ndriver = \"remote\"\n").find("pools.b.endpoint: is required"),
+            std::string::npos);
+  // Overridden from the environment like any key.
+  Environment with_url = env;
+  with_url["POOLKEEPER_POOL_BROWSERS_ENDPOINT"] = "http://127.0.0.1:9/v1/s";
+  EXPECT_EQ(parse(kRemote, with_url)->pools.at(0).remote.endpoint, "http://127.0.0.1:9/v1/s");
+}
+
+// Verifies that the shipped remote example loads (with its key's variable set).
+TEST(ConfigTest, RemoteExampleLoads) {
+  const std::string path = std::string(POOLKEEPER_SOURCE_DIR) + "/examples/remote.toml";
+  auto c = load_config(path, {{"PROVIDER_API_KEY", "k"}});
+  ASSERT_TRUE(c.has_value()) << c.error().message;
+  ASSERT_EQ(c->pools.size(), 2u);
+  for (const PoolEntry& p : c->pools) {
+    EXPECT_EQ(p.driver, "remote");
+    EXPECT_GT(p.budget.daily, 0);
+    EXPECT_FALSE(p.remote.list_url.empty());
+  }
+  EXPECT_EQ(c->budget.limits.daily, 2'000'000);
+  EXPECT_EQ(c->store.path, std::string(POOLKEEPER_SOURCE_DIR) + "/examples/poolkeeper-remote.db");
+}
+
 // Verifies that the shipped quickstart loads, from any directory.
 TEST(ConfigTest, QuickstartLoads) {
   const std::string path = std::string(POOLKEEPER_SOURCE_DIR) + "/examples/quickstart.toml";

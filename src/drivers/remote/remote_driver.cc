@@ -473,9 +473,6 @@ std::expected<void, Error> validate_remote_config(const RemoteConfig& c) {
   if (c.auth_header.empty() || c.auth_header.find_first_of(":\r\n ") != std::string::npos) {
     return bad("auth_header", "must be a header name");
   }
-  if (!c.api_key_env.empty() && std::getenv(c.api_key_env.c_str()) == nullptr) {
-    return bad("api_key_env", "the variable " + c.api_key_env + " is not set");
-  }
   const std::pair<const char*, Duration> positive[] = {
       {"request_timeout", c.request_timeout}, {"start_timeout", c.start_timeout},
       {"check_timeout", c.check_timeout},     {"poll_interval", c.poll_interval},
@@ -508,7 +505,14 @@ std::expected<std::unique_ptr<RemoteDriver>, Error> RemoteDriver::create(RemoteC
                                                                          Log* log) {
   if (auto ok = validate_remote_config(config); !ok) return std::unexpected(ok.error());
   std::string key;
-  if (!config.api_key_env.empty()) key = std::getenv(config.api_key_env.c_str());
+  if (!config.api_key_env.empty()) {
+    const char* value = std::getenv(config.api_key_env.c_str());
+    if (value == nullptr) {
+      return std::unexpected(
+          Error(ErrorCode::kInvalidConfig, "api_key_env: the variable " + config.api_key_env + " is not set"));
+    }
+    key = value;
+  }
   auto client = RestClient::create({.ca_file = config.ca_file, .max_body = config.max_answer});
   if (!client) return std::unexpected(Error(ErrorCode::kInvalidConfig, client.error()));
   return std::unique_ptr<RemoteDriver>(new RemoteDriver(std::move(config), std::move(pool),

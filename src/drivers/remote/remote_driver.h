@@ -98,6 +98,7 @@ struct RemoteConfig {
   bool operator==(const RemoteConfig&) const = default;
 };
 
+// The keys' values alone (create() also needs api_key_env to be set).
 std::expected<void, Error> validate_remote_config(const RemoteConfig& config);
 
 // A provider's UTC time in ISO 8601 ("2026-12-04T17:53:22.123Z", "+00:00")
