@@ -546,13 +546,17 @@ asio::awaitable<std::expected<std::shared_ptr<DriverSession>, Error>> RemoteDriv
       asio::co_spawn(
           ex,
           [s]() -> asio::awaitable<void> {
-            asio::steady_timer wait(co_await asio::this_coro::executor, s->config.request_timeout);
-            (void)co_await wait.async_wait(kTuple);
-            auto sweeping = s->sweep();
-            auto swept = co_await std::move(sweeping);
-            if (!swept) {
-              s->log->write(LogLevel::kWarn, "sweep after an unanswered create failed",
-                            {{"pool", s->pool}, {"error", swept.error().message}});
+            // Once the request must be over, and again later for a provider
+            // that took longer to make it than we waited.
+            for (const Duration after : {s->config.request_timeout, 9 * s->config.request_timeout}) {
+              asio::steady_timer wait(co_await asio::this_coro::executor, after);
+              (void)co_await wait.async_wait(kTuple);
+              auto sweeping = s->sweep();
+              auto swept = co_await std::move(sweeping);
+              if (!swept) {
+                s->log->write(LogLevel::kWarn, "sweep after an unanswered create failed",
+                              {{"pool", s->pool}, {"error", swept.error().message}});
+              }
             }
           },
           asio::detached);
