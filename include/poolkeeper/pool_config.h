@@ -36,6 +36,38 @@ enum class StartMode : std::uint8_t {
   kEager,  // start `max` sessions at once
 };
 
+// Autoscaling: the pool moves the number of sessions it keeps warm (its
+// target) between min and max with its load (PoolCore decides; see
+// docs/pool-rules.md, "Autoscaling"). Utilization is demand (leased sessions
+// plus waiters) over live sessions.
+struct AutoscaleConfig {
+  bool enabled = false;
+  double up_at = 0.8;     // utilization above this: grow
+  double down_at = 0.3;   // below this (and nobody waiting): shrink
+  // Either grows the pool too (0: not a signal).
+  int queue_length = 1;                                 // this many waiting
+  Duration queue_wait = std::chrono::seconds(2);        // the oldest waiter waited this long
+  // Sessions added or removed per decision at most (0: as many as the load needs).
+  int step_up = 0;
+  int step_down = 1;
+  // Cooldowns: after growing, before growing again; after any change, before shrinking.
+  Duration cooldown_up = std::chrono::seconds(5);
+  Duration cooldown_down = std::chrono::seconds(60);
+  // Stabilization: grow to the lowest recommendation of the last up_window,
+  // shrink to the highest of the last down_window (grow fast, shrink slowly).
+  Duration up_window{0};
+  Duration down_window = std::chrono::minutes(5);
+  Duration interval = std::chrono::seconds(1);  // how often it decides
+  // Predictive: a linear trend of demand over trend_window; when it explains
+  // the recent demand well enough (min_confidence, R^2) the pool grows ahead
+  // of need by the sessions' learned cold-start time.
+  bool predictive = true;
+  Duration trend_window = std::chrono::minutes(2);
+  double min_confidence = 0.6;
+
+  bool operator==(const AutoscaleConfig&) const = default;
+};
+
 struct PoolConfig {
   std::string name = "default";
 
@@ -91,6 +123,8 @@ struct PoolConfig {
   std::size_t max_client_sessions = 100000;
   std::size_t max_client_session_document = 64 * 1024;          // bytes
 
+  // --- autoscaling ---
+  AutoscaleConfig autoscale{};
   // --- events ---
   bool lease_events = false;  // emit lease granted/released events (the daemon turns this on)
 };

@@ -86,6 +86,7 @@ struct PoolStats {
   bool draining = false;
   bool emergency_stopped = false;
   bool budget_exceeded = false;  // a spent budget stops new sessions
+  bool autoscale = false;        // the target follows the load (AutoscaleConfig)
 
   std::uint64_t acquisitions = 0;       // leases granted
   std::uint64_t immediate = 0;          // granted without waiting
@@ -99,6 +100,8 @@ struct PoolStats {
   std::uint64_t start_failures = 0;
   std::uint64_t sessions_closed = 0;
   std::uint64_t overflow_created = 0;
+  std::uint64_t scale_ups = 0;          // autoscaling decisions that grew the target
+  std::uint64_t scale_downs = 0;        // and that shrank it
   std::uint64_t checks = 0;
   std::uint64_t check_failures = 0;
   std::uint64_t reused = 0;             // leases on a session that served before

@@ -81,6 +81,8 @@ enum class EventType : std::uint8_t {
   kReconfigured,    // a new configuration applies (value: the target size)
   kBudgetExceeded,  // no new sessions until the budget allows (detail: which budget)
   kBudgetRestored,
+  kAutoscaled,      // the autoscaler moved the target (value: new size; previous; confidence; detail: why)
+  kAutoscaleSet,    // autoscaling turned on (value 1) or off (0)
 };
 std::string_view to_string(EventType type);
 
@@ -92,6 +94,8 @@ struct Event {
   StopReason reason = StopReason::kShutdown;
   std::int64_t value = 0;   // a count or size, where the type has one
   std::string detail;       // owner, error text, ... (empty on hot paths)
+  std::int64_t previous = 0;  // kAutoscaled: the size before
+  double confidence = 0;      // kAutoscaled: 1 when observed, the trend's R^2 when predicted
 };
 
 struct Output {

@@ -102,6 +102,8 @@ std::string_view to_string(EventType type) {
     case EventType::kReconfigured: return "reconfigured";
     case EventType::kBudgetExceeded: return "budget_exceeded";
     case EventType::kBudgetRestored: return "budget_restored";
+    case EventType::kAutoscaled: return "autoscaled";
+    case EventType::kAutoscaleSet: return "autoscale_set";
   }
   return "unknown";
 }

@@ -73,6 +73,24 @@ std::expected<void, Error> validate_config(const PoolConfig& c) {
                "must be > 0, got " + to_string(c.client_session_cleanup_batch));
   }
   if (c.max_client_sessions == 0) return bad("max_client_sessions", "must be > 0");
+  const AutoscaleConfig& a = c.autoscale;
+  if (!(a.up_at > 0 && a.up_at <= 1)) return bad("autoscale_up_at", "must be in (0, 1]");
+  if (!(a.down_at >= 0 && a.down_at < a.up_at)) {
+    return bad("autoscale_down_at", "must be >= 0 and below autoscale_up_at");
+  }
+  if (a.queue_length < 0) return bad("autoscale_queue_length", "must be >= 0");
+  if (a.queue_wait.count() < 0) return bad("autoscale_queue_wait", "must not be negative");
+  if (a.step_up < 0) return bad("autoscale_step_up", "must be >= 0");
+  if (a.step_down < 0) return bad("autoscale_step_down", "must be >= 0");
+  if (a.cooldown_up.count() < 0) return bad("autoscale_cooldown_up", "must not be negative");
+  if (a.cooldown_down.count() < 0) return bad("autoscale_cooldown_down", "must not be negative");
+  if (a.up_window.count() < 0) return bad("autoscale_up_window", "must not be negative");
+  if (a.down_window.count() < 0) return bad("autoscale_down_window", "must not be negative");
+  if (a.interval.count() <= 0) return bad("autoscale_interval", "must be > 0");
+  if (a.trend_window < 2 * a.interval) return bad("autoscale_trend_window", "must be at least two intervals");
+  if (!(a.min_confidence >= 0 && a.min_confidence <= 1)) {
+    return bad("autoscale_min_confidence", "must be in 0..1");
+  }
   return {};
 }
 

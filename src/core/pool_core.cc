@@ -94,6 +94,8 @@ PoolCore::PoolCore(PoolConfig config, CoreOptions options)
   fast_paths_ = config_.validate_after_idle.count() == 0 && !config_.lease_events &&
                 config_.min_idle == 0;
   counters_.name = config_.name;
+  autoscaler_.configure(config_.autoscale);
+  autoscale_ = config_.autoscale.enabled;
 }
 
 PoolCore::~PoolCore() {
@@ -1046,8 +1048,51 @@ void PoolCore::tick(TimePoint now, Output& out) {
     cleanup_client_sessions(now, out);
     next_cleanup_ = now + config_.client_session_cleanup_interval;
   }
+  if (autoscale_) run_autoscaler(now, out);
   ensure_capacity(now, out);
   maybe_finish_drain(now, out);
+}
+
+void PoolCore::run_autoscaler(TimePoint now, Output& out) {
+  if (modes_.shutdown || modes_.draining || modes_.emergency || modes_.paused) return;
+  if (now < autoscaler_.next_due()) return;
+  AutoscaleObservation o;
+  o.size = target_;
+  o.live = live_;
+  o.busy = by_state_[static_cast<int>(SessionState::kLeased)];
+  o.waiting = static_cast<int>(queue_.size());
+  o.starting = by_state_[static_cast<int>(SessionState::kStarting)];
+  if (!queue_.empty()) {
+    TimePoint oldest = now;
+    queue_.for_each([&](const Waiter& w) { oldest = std::min(oldest, w.enqueued_at); });
+    o.oldest_wait = now - oldest;
+  }
+  o.cold_start = Duration{avg_start_ns_};
+  o.min = config_.min;
+  o.max = config_.max;
+  std::optional<ScaleDecision> d = autoscaler_.evaluate(o, now);
+  if (!d) return;
+  target_ = d->to;
+  if (d->to > d->from) {
+    ++counters_.scale_ups;
+  } else {
+    ++counters_.scale_downs;
+    shrink_to_target(now, out);
+  }
+  Event e;
+  e.type = EventType::kAutoscaled;
+  e.at = now;
+  e.value = d->to;
+  e.previous = d->from;
+  e.confidence = d->confidence;
+  e.detail = (d->predictive ? "predicted: " : "") + d->reason;
+  out.events.push_back(std::move(e));
+}
+
+void PoolCore::set_autoscale(bool on, TimePoint now, Output& out) {
+  if (autoscale_ == on) return;
+  autoscale_ = on;
+  emit(out, EventType::kAutoscaleSet, now, 0, 0, {}, on ? 1 : 0);
 }
 
 TimePoint PoolCore::next_due() const {
@@ -1070,6 +1115,7 @@ TimePoint PoolCore::next_due() const {
   }
   for (const auto& [id, r] : reservations_) due = std::min(due, r->expires_at);
   if (!clients_.empty()) due = std::min(due, next_cleanup_);
+  if (autoscale_) due = std::min(due, autoscaler_.next_due());
   if (config_.handoff_after.count() > 0 && !queue_.empty() && idle_unreserved_ > 0) {
     // The first waiter becomes owed the free session: a tick hands it over.
     due = std::min(due, queue_.front()->enqueued_at + config_.handoff_after);
@@ -1087,9 +1133,15 @@ std::expected<void, Error> PoolCore::scale(int target, TimePoint now, Output& ou
                                      "), got " + std::to_string(target)));
   }
   target_ = target;
+  autoscaler_.scaled(now);
   expire_waiters(now, out);  // so waiters past their deadline count for nothing below
-  // Idle sessions above the target close now (longest idle first, keeping
-  // min_idle spares); busy ones when they come back (make_idle).
+  shrink_to_target(now, out);
+  emit(out, EventType::kScaled, now, 0, 0, {}, target);
+  ensure_capacity(now, out);
+  return {};
+}
+
+void PoolCore::shrink_to_target(TimePoint now, Output& out) {
   // Idle sessions may be held for waiters (handoff_after): keep those, and the
   // spares on top of them.
   const int keep_idle = min_idle() + static_cast<int>(queue_.size());
@@ -1097,9 +1149,6 @@ std::expected<void, Error> PoolCore::scale(int target, TimePoint now, Output& ou
     stop_session(slot(idle_tail_), StopReason::kScaledDown, now, out);
   }
   shrinking_ = live_ > target_;
-  emit(out, EventType::kScaled, now, 0, 0, {}, target);
-  ensure_capacity(now, out);
-  return {};
 }
 
 std::expected<void, Error> PoolCore::reconfigure(PoolConfig config, TimePoint now, Output& out) {
@@ -1124,6 +1173,10 @@ std::expected<void, Error> PoolCore::reconfigure(PoolConfig config, TimePoint no
   }
 
   if (old.aging != config_.aging) queue_.reorder(config_.aging);
+  autoscaler_.configure(config_.autoscale);
+  if (old.autoscale.enabled != config_.autoscale.enabled) {
+    set_autoscale(config_.autoscale.enabled, now, out);  // else an operator's on/off stays
+  }
 
   const bool lifetime_changed =
       old.max_lifetime != config_.max_lifetime || old.lifetime_jitter != config_.lifetime_jitter;
@@ -1507,6 +1560,7 @@ PoolStats PoolCore::stats() const {
   st.draining = modes_.draining || modes_.shutdown;
   st.emergency_stopped = modes_.emergency;
   st.budget_exceeded = budget_exceeded_;
+  st.autoscale = autoscale_;
   st.min = config_.min;
   st.max = config_.max;
   const int usable = by_state_[static_cast<int>(SessionState::kIdle)] +

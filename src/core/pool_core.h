@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "core/actions.h"
+#include "core/autoscaler.h"
 #include "core/histogram.h"
 #include "core/lease_codec.h"
 #include "core/random.h"
@@ -182,6 +183,14 @@ class PoolCore {
   // refused with budget_exceeded and `why`. false restores the pool.
   void set_budget_exceeded(bool exceeded, std::string why, TimePoint now, Output& out);
   bool budget_exceeded() const { return budget_exceeded_; }
+  // Autoscaling (config().autoscale): the target follows the load between
+  // min and max, decided every autoscale interval on tick(); each decision is
+  // a kAutoscaled event. A manual scale() still applies and restarts the
+  // cooldowns.
+  void set_autoscale(bool on, TimePoint now, Output& out);
+  bool autoscale() const { return autoscale_; }
+  // The demand the autoscaler's trend predicts at `at`.
+  DemandForecast forecast(TimePoint at) const { return autoscaler_.forecast(at); }
   void emergency_stop(TimePoint now, Output& out);
   void emergency_resume(TimePoint now, Output& out);
   // Answers every waiter (kShutdown), refuses new acquires and stops every
@@ -280,6 +289,10 @@ class PoolCore {
   Slot* reserved_idle_for(std::string_view owner);
   int floor() const;
   void maybe_finish_drain(TimePoint now, Output& out);
+  void run_autoscaler(TimePoint now, Output& out);
+  // Closes idle sessions above the target now (longest idle first, keeping
+  // min_idle spares and those held for waiters); busy ones on their return.
+  void shrink_to_target(TimePoint now, Output& out);
   void trim_idle(TimePoint now, Output& out);
   void expire_waiters(TimePoint now, Output& out);
   void emit(Output& out, EventType type, TimePoint now, SessionId session = 0, LeaseId lease = 0,
@@ -366,6 +379,8 @@ class PoolCore {
   std::unordered_map<LeaseId, ErrorCode> ended_;
   std::deque<LeaseId> ended_order_;
   bool shrinking_ = false;  // after a scale-down, until the pool is at its target
+  Autoscaler autoscaler_;
+  bool autoscale_ = false;
 
   Histogram waits_;
   PoolStats counters_;

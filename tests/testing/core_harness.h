@@ -188,6 +188,9 @@ class CoreHarness {
   void emergency_resume() {
     call([&](Output& o) { core_->emergency_resume(now(), o); });
   }
+  void set_autoscale(bool on) {
+    call([&](Output& o) { core_->set_autoscale(on, now(), o); });
+  }
   void set_budget_exceeded(bool exceeded, std::string why = "daily budget spent") {
     call([&](Output& o) { core_->set_budget_exceeded(exceeded, std::move(why), now(), o); });
   }
