@@ -8,6 +8,7 @@
 #include <boost/asio/this_coro.hpp>
 
 #include <algorithm>
+#include <cstdio>
 #include <exception>
 #include <utility>
 
@@ -409,6 +410,14 @@ void PoolRunner::log_event(const core::Event& e) {
       log_->write(LogLevel::kWarn, "leased session lost",
                   {{"pool", name_}, {"session", id_text(e.session)}, {"why", e.detail}});
       break;
+    case core::EventType::kAutoscaled: {
+      char confidence[16];
+      std::snprintf(confidence, sizeof confidence, "%.2f", e.confidence);
+      log_->write(LogLevel::kInfo, "autoscaled",
+                  {{"pool", name_}, {"from", std::to_string(e.previous)}, {"to", std::to_string(e.value)},
+                   {"why", e.detail}, {"confidence", confidence}});
+      break;
+    }
     case core::EventType::kLeaseReclaimed:
       log_->write(LogLevel::kWarn, "lease reclaimed after its lease timeout",
                   {{"pool", name_}, {"session", id_text(e.session)}});

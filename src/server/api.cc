@@ -79,6 +79,9 @@ json::object stats_json(const PoolStats& st) {
   o["draining"] = st.draining;
   o["emergency_stopped"] = st.emergency_stopped;
   o["budget_exceeded"] = st.budget_exceeded;
+  o["autoscale"] = st.autoscale;
+  o["scale_ups"] = st.scale_ups;
+  o["scale_downs"] = st.scale_downs;
   o["acquisitions"] = st.acquisitions;
   o["immediate"] = st.immediate;
   o["releases"] = st.releases;
@@ -240,7 +243,6 @@ Api::Api(const DaemonConfig& config, std::vector<std::shared_ptr<runtime::PoolRu
     : config_(config), limiter_(rate_limits(config)), started_(real_clock().now()) {
   for (auto& r : runners) {
     Pool p;
-    p.autoscale = std::make_unique<std::atomic<bool>>(false);
     p.runner = std::move(r);
     const std::string name = p.runner->name();
     for (const PoolEntry& e : config.pools) {
@@ -475,7 +477,6 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
         PoolSnapshot s = co_await std::move(snapshotting);
         json::object o = stats_json(s.stats);
         o["name"] = name;
-        o["autoscale"] = pool.autoscale->load();
         list.push_back(std::move(o));
       }
       co_return json_response(200, json::object{{"pools", std::move(list)}});
@@ -492,7 +493,6 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
       PoolSnapshot s = co_await std::move(snapshotting);
       json::object o = stats_json(s.stats);
       o["name"] = name;
-      o["autoscale"] = pl.autoscale->load();
       o["driver"] = runner.driver().describe();
       co_return json_response(200, o);
     }
@@ -638,8 +638,11 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
     } else if (action == "autoscale") {
       auto decoded = decode_autoscale(*body);
       if (!decoded) co_return bad_request(decoded.error());
-      pl.autoscale->store(decoded->enabled);
-      co_return json_response(200, json::object{{"pool", name}, {"autoscale", decoded->enabled}});
+      control = [on = decoded->enabled](core::PoolCore& c, TimePoint now,
+                                        core::Output& out) -> std::expected<void, Error> {
+        c.set_autoscale(on, now, out);
+        return {};
+      };
     } else {
       co_return not_found();
     }

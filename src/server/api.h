@@ -18,8 +18,7 @@
 //
 // Thread-safety: handle() may run concurrently from any executor; the
 // runners are thread-safe and the Api's own state is immutable after
-// construction, except for the autoscale flags, which are atomic, and the
-// rate limiter, which locks per tenant.
+// construction, except for the rate limiter, which locks per tenant.
 //
 //   Api api(config, runners);
 //   Request request{.method = "GET", .target = "/v1/pools", .authorization = "Bearer ..."};
@@ -84,7 +83,6 @@ class Api {
  private:
   struct Pool {
     std::shared_ptr<runtime::PoolRunner> runner;
-    std::unique_ptr<std::atomic<bool>> autoscale;
     bool charged = false;  // the pool has prices: its leases wait for the store
   };
   struct Caller {
