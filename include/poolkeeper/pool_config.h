@@ -64,6 +64,11 @@ struct AutoscaleConfig {
   bool predictive = true;
   Duration trend_window = std::chrono::minutes(2);
   double min_confidence = 0.6;
+  // A repeating pattern (a day, or any period): demand is remembered per
+  // phase (1440 slots a season at most); once two whole seasons agree (their
+  // similarity reaches min_confidence), the pool grows ahead for what the last
+  // season saw one cold start later. 0: off.
+  Duration season{0};
 
   bool operator==(const AutoscaleConfig&) const = default;
 };

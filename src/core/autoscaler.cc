@@ -58,7 +58,64 @@ std::optional<ScaleDecision> Autoscaler::evaluate(const AutoscaleObservation& o,
   const double demand = o.busy + o.waiting;
   demand_.emplace_back(now, demand);
   while (!demand_.empty() && demand_.front().first < now - config_.trend_window) demand_.pop_front();
+  if (config_.season.count() > 0) remember_season(demand, now);
   return decide(o, now);
+}
+
+namespace {
+
+// 1 - sum|a - b| / sum max(a, b) over the slots both saw; 0 when they share
+// too few (under nine tenths) or saw no demand at all.
+double similarity(const std::vector<double>& a, const std::vector<double>& b) {
+  double diff = 0, total = 0;
+  std::size_t both = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (a[i] < 0 || b[i] < 0) continue;
+    ++both;
+    diff += std::abs(a[i] - b[i]);
+    total += std::max(a[i], b[i]);
+  }
+  if (both * 10 < a.size() * 9 || total <= 0) return 0;
+  return 1 - diff / total;
+}
+
+}  // namespace
+
+void Autoscaler::remember_season(double demand, TimePoint now) {
+  if (slots_ == 0 || !origin_) {
+    slots_ = static_cast<std::size_t>(std::clamp<std::int64_t>(config_.season / config_.interval, 1, 1440));
+    slot_width_ = config_.season / static_cast<std::int64_t>(slots_);
+    origin_ = now;
+    cycle_ = 0;
+    current_.assign(slots_, -1);
+    previous_.assign(slots_, -1);
+    before_.assign(slots_, -1);
+  }
+  const std::int64_t elapsed = (now - *origin_) / slot_width_;
+  const std::int64_t cycle = elapsed / static_cast<std::int64_t>(slots_);
+  while (cycle_ < cycle) {  // a new season (or several, after a gap)
+    before_ = std::move(previous_);
+    previous_ = std::move(current_);
+    current_.assign(slots_, -1);
+    ++cycle_;
+    season_confidence_ = similarity(previous_, before_);
+  }
+  double& slot = current_[static_cast<std::size_t>(elapsed % static_cast<std::int64_t>(slots_))];
+  slot = std::max(slot, demand);
+}
+
+std::optional<double> Autoscaler::season_peak(TimePoint from, TimePoint to) const {
+  if (slots_ == 0 || !origin_) return std::nullopt;
+  std::optional<double> peak;
+  for (TimePoint t = from; t <= to; t += slot_width_) {
+    const std::int64_t elapsed = (t - *origin_) / slot_width_;
+    // A season ago: this season's slot when `t` is already in the next one.
+    const bool next_season = elapsed / static_cast<std::int64_t>(slots_) > cycle_;
+    const double v = (next_season ? current_ : previous_)[static_cast<std::size_t>(
+        elapsed % static_cast<std::int64_t>(slots_))];
+    if (v >= 0) peak = std::max(peak.value_or(0), v);
+  }
+  return peak;
 }
 
 std::optional<ScaleDecision> Autoscaler::decide(const AutoscaleObservation& o, TimePoint now) {
@@ -105,6 +162,16 @@ std::optional<ScaleDecision> Autoscaler::decide(const AutoscaleObservation& o, T
         why = "demand " + fixed(demand, 1) + " rising to " + fixed(f.demand, 1) + " in " +
               fixed(seconds(horizon), 1) + " s";
       }
+    }
+  }
+  if (config_.season.count() > 0 && season_confidence_ >= config_.min_confidence) {
+    const Duration horizon = o.cold_start + config_.interval;
+    const std::optional<double> seen = season_peak(now, now + horizon);
+    if (seen && sized_for(*seen) > rec) {
+      rec = sized_for(*seen);
+      confidence = season_confidence_;
+      predicted = true;
+      why = "demand " + fixed(*seen, 1) + " within " + fixed(seconds(horizon), 1) + " s a season ago";
     }
   }
   rec = std::clamp(rec, lo, hi);

@@ -15,6 +15,11 @@
 // `min_confidence` and the line says demand will be higher one cold start
 // (plus an interval) from now, that demand is what the size must serve.
 //
+// Seasonal (with `season`): demand is remembered per phase of the season;
+// once the last two whole seasons agree (1 - sum|a - b| / sum max(a, b) at
+// least `min_confidence`), the highest demand the last season saw between now
+// and one cold start (plus an interval) ahead is what the size must serve.
+//
 // Stabilization and cooldowns keep it from oscillating: it grows to the lowest
 // recommendation of the last `up_window` (0: the latest), no sooner than
 // `cooldown_up` after its last growth; it shrinks to the highest
@@ -26,8 +31,10 @@
 // Thread-safety: none (its PoolCore's).
 #pragma once
 
+#include <cstdint>
 #include <deque>
 #include <optional>
+#include <vector>
 #include <string>
 #include <utility>
 
@@ -66,7 +73,13 @@ class Autoscaler {
  public:
   explicit Autoscaler(AutoscaleConfig config = {}) : config_(config) {}
 
-  void configure(const AutoscaleConfig& config) { config_ = config; }
+  void configure(const AutoscaleConfig& config) {
+    if (config.season != config_.season || config.interval != config_.interval) {
+      slots_ = 0;  // the seasons are measured again
+      season_confidence_ = 0;
+    }
+    config_ = config;
+  }
   const AutoscaleConfig& config() const { return config_; }
 
   // Samples demand and decides, at most once per interval (nullopt: keep
@@ -79,6 +92,8 @@ class Autoscaler {
   TimePoint next_due() const { return next_; }
   // The trend's demand at `at` from the samples so far.
   DemandForecast forecast(TimePoint at) const;
+  // How much the last two seasons agree (0 until two whole seasons are seen).
+  double season_confidence() const { return season_confidence_; }
 
  private:
   std::optional<ScaleDecision> decide(const AutoscaleObservation& o, TimePoint now);
@@ -90,6 +105,17 @@ class Autoscaler {
   std::optional<TimePoint> since_;  // recommendations kept from then (shrinking needs a whole window)
   std::optional<TimePoint> last_up_;
   std::optional<TimePoint> last_change_;
+
+  // Seasons: the highest demand per slot in this season and the two before
+  // (negative: not seen).
+  void remember_season(double demand, TimePoint now);
+  std::optional<double> season_peak(TimePoint from, TimePoint to) const;
+  std::size_t slots_ = 0;
+  Duration slot_width_{0};
+  std::optional<TimePoint> origin_;
+  std::int64_t cycle_ = 0;
+  std::vector<double> current_, previous_, before_;
+  double season_confidence_ = 0;
 };
 
 }  // namespace poolkeeper::core

@@ -88,6 +88,9 @@ std::expected<void, Error> validate_config(const PoolConfig& c) {
   if (a.down_window.count() < 0) return bad("autoscale_down_window", "must not be negative");
   if (a.interval.count() <= 0) return bad("autoscale_interval", "must be > 0");
   if (a.trend_window < 2 * a.interval) return bad("autoscale_trend_window", "must be at least two intervals");
+  if (a.season.count() < 0 || (a.season.count() > 0 && a.season < 4 * a.interval)) {
+    return bad("autoscale_season", "must be 0 (off) or at least four intervals");
+  }
   if (!(a.min_confidence >= 0 && a.min_confidence <= 1)) {
     return bad("autoscale_min_confidence", "must be in 0..1");
   }

@@ -283,6 +283,7 @@ std::vector<Field> pool_fields(PoolEntry& e) {
       {"autoscale_predictive", boolean(p.autoscale.predictive)},
       {"autoscale_trend_window", duration(p.autoscale.trend_window)},
       {"autoscale_min_confidence", real(p.autoscale.min_confidence)},
+      {"autoscale_season", duration(p.autoscale.season)},
       // cost and budget
       {"cost_per_session", money(e.cost.per_session)},
       {"cost_per_hour_alive", money(e.cost.per_hour_alive)},

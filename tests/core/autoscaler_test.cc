@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <functional>
+#include <random>
 #include <vector>
 
 namespace poolkeeper::core {
@@ -225,6 +226,56 @@ TEST(AutoscalerTest, ATrendStartsSessionsAheadOfAColdStart) {
   EXPECT_EQ(waited_after(ahead, settled), 0);
   EXPECT_GE(waited_after(behind, settled), 10);
   EXPECT_LE(ahead.waiting_seconds, behind.waiting_seconds);
+}
+
+// Bursts that come back every minute: once two whole minutes agree, the
+// pool grows a cold start ahead of each burst instead of after it, and
+// shrinks in between.
+TEST(AutoscalerTest, ARepeatingPatternIsMetAhead) {
+  auto bursts = [](int t) { return t % 60 >= 40 && t % 60 < 50 ? 12.0 : 1.0; };
+  AutoscaleConfig seasonal = reactive();
+  seasonal.season = 60s;
+  seasonal.down_window = 5s;
+  seasonal.cooldown_down = 1s;
+  seasonal.step_down = 0;
+  AutoscaleConfig plain = seasonal;
+  plain.season = Duration{0};
+  const LoadRun ahead = simulate(seasonal, 2, 30, 600, bursts, 5s);
+  const LoadRun behind = simulate(plain, 2, 30, 600, bursts, 5s);
+  auto waited_after = [](const LoadRun& r, TimePoint from) {
+    int n = 0;
+    for (const Step& s : r.steps) n += s.at >= from && s.waiting > 0;
+    return n;
+  };
+  // From the fourth minute on (two whole seasons seen, then one to compare).
+  const TimePoint learned = TimePoint{} + 180s;
+  EXPECT_EQ(waited_after(ahead, learned), 0);
+  EXPECT_GE(waited_after(behind, learned), 7 * 4) << "each burst waits out the cold start";
+  int predicted = 0;
+  for (const ScaleDecision& d : ahead.decisions) {
+    if (!d.predictive) continue;
+    ++predicted;
+    EXPECT_NE(d.reason.find("a season ago"), std::string::npos) << d.reason;
+    EXPECT_GE(d.confidence, 0.6);
+  }
+  EXPECT_GE(predicted, 7);
+  // And it still shrinks between bursts: well under a pool kept at the peak.
+  EXPECT_LT(ahead.session_seconds, 0.6 * 22 * 600);
+}
+
+// Load that does not repeat gives the seasons no confidence.
+TEST(AutoscalerTest, LoadThatDoesNotRepeatIsNoSeason) {
+  AutoscaleConfig c = reactive();
+  c.season = 60s;
+  Autoscaler a(c);
+  std::mt19937 rng(3);
+  TimePoint now{};
+  for (int i = 0; i < 400; ++i, now += 1s) {
+    const int busy = static_cast<int>(rng() % 10);
+    (void)a.evaluate({.size = 20, .live = 20, .busy = busy, .min = 0, .max = 40}, now);
+  }
+  EXPECT_LT(a.season_confidence(), 0.6);
+  EXPECT_GT(a.season_confidence(), 0) << "two seasons were seen";
 }
 
 // A trend that explains little (noise around a flat line) predicts nothing.
