@@ -2,16 +2,19 @@
 // processes, the same load three times: the pool fixed at max, fixed at min,
 // and autoscaled between them. Not a test; numbers only.
 //
-//   autoscale_replay [--seconds 90] [--seed 1] [--cold-start-ms 1000] [--json]
+//   autoscale_replay [--seconds 180] [--learn 60] [--period 30] [--burst 5]
+//                    [--seed 1] [--cold-start-ms 1000] [--hold-ms 300] [--json]
 //
 // The load is open-loop (arrivals do not wait for each other): Poisson
 // arrivals at a base rate with bursts of a higher rate (every --period
 // seconds, --burst seconds long), each request holding its session for
 // --hold-ms and then releasing it. Workers are the C++ echo worker behind a
 // shell that sleeps --cold-start-ms first, so a new session takes that long.
-// For each pool it reports the acquire wait (p50, p99, max), timeouts,
-// session-seconds (the integral of live sessions over the run, sampled every
-// 100 ms), and for the autoscaled one its decisions.
+// For each pool it reports, over the run after its first --learn seconds
+// (the autoscaler's seasons need two periods of history), the acquire wait
+// (p50, p99, max; an acquire gives up after 10 s: a timeout),
+// session-seconds (the integral of live sessions, sampled every 100 ms), and
+// for the autoscaled one its decisions (over the whole run).
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
@@ -35,13 +38,14 @@ using namespace poolkeeper;
 using namespace std::chrono_literals;
 
 struct Options {
-  int seconds = 90;
+  int seconds = 180;
+  int learn = 60;
   unsigned seed = 1;
   int cold_start_ms = 1000;
   double base_rate = 5;    // arrivals a second
   double burst_rate = 40;
   int period = 30;         // a burst every this many seconds...
-  int burst = 10;          // ...this long
+  int burst = 5;           // ...this long
   int hold_ms = 300;
   int min = 2;
   int max = 16;
@@ -125,13 +129,16 @@ Result replay(const std::string& name, PoolConfig pool, const Options& o, const 
                                            std::chrono::duration<double>(at)));
       co_await t.async_wait(asio::use_awaitable);
       const auto asked = std::chrono::steady_clock::now();
-      auto acquiring = r->acquire({.timeout = 60s}, asio::use_awaitable);
+      auto acquiring = r->acquire({.timeout = 10s}, asio::use_awaitable);
       auto lease = co_await std::move(acquiring);
+      const bool measured = at >= o.learn;
       if (!lease) {
-        ++result.timeouts;
+        result.timeouts += measured;
       } else {
-        result.waits_ms.push_back(
-            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - asked).count());
+        if (measured) {
+          result.waits_ms.push_back(
+              std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - asked).count());
+        }
         asio::steady_timer hold(io, std::chrono::milliseconds(o.hold_ms));
         co_await hold.async_wait(asio::use_awaitable);
         auto releasing = r->release(lease->lease, {}, core::ReleaseOutcome::kOk, asio::use_awaitable);
@@ -148,7 +155,9 @@ Result replay(const std::string& name, PoolConfig pool, const Options& o, const 
       auto snapshotting = r->snapshot(asio::use_awaitable);
       runtime::PoolSnapshot s = co_await std::move(snapshotting);
       const int live = s.stats.sessions - s.stats.sessions_by_state[static_cast<int>(SessionState::kClosing)];
-      result.session_seconds += 0.1 * live;
+      const bool measured = std::chrono::steady_clock::now() - start >= std::chrono::seconds(o.learn) &&
+                            std::chrono::steady_clock::now() - start < std::chrono::seconds(o.seconds);
+      if (measured) result.session_seconds += 0.1 * live;
       result.peak_sessions = std::max(result.peak_sessions, live);
       result.scale_ups = s.stats.scale_ups;
       result.scale_downs = s.stats.scale_downs;
@@ -173,6 +182,7 @@ int main(int argc, char** argv) {
     const std::string a = argv[i];
     auto next = [&] { return i + 1 < argc ? std::atoi(argv[++i]) : 0; };
     if (a == "--seconds") o.seconds = next();
+    else if (a == "--learn") o.learn = next();
     else if (a == "--seed") o.seed = static_cast<unsigned>(next());
     else if (a == "--cold-start-ms") o.cold_start_ms = next();
     else if (a == "--hold-ms") o.hold_ms = next();
@@ -180,7 +190,7 @@ int main(int argc, char** argv) {
     else if (a == "--burst") o.burst = next();
     else if (a == "--json") o.json = true;
     else {
-      std::fprintf(stderr, "usage: autoscale_replay [--seconds N] [--seed N] [--cold-start-ms N] "
+      std::fprintf(stderr, "usage: autoscale_replay [--seconds N] [--learn N] [--seed N] [--cold-start-ms N] "
                            "[--hold-ms N] [--period S] [--burst S] [--json]\n");
       return 2;
     }
@@ -226,8 +236,10 @@ int main(int argc, char** argv) {
     std::printf("]\n");
     return 0;
   }
-  std::printf("%zu requests over %d s (base %.0f/s, %.0f/s for %d s every %d s), hold %d ms, cold start %d ms\n",
-              load.size(), o.seconds, o.base_rate, o.burst_rate, o.burst, o.period, o.hold_ms, o.cold_start_ms);
+  std::printf("%zu requests over %d s (base %.0f/s, %.0f/s for %d s every %d s), hold %d ms, cold start %d ms; "
+              "measured after %d s\n",
+              load.size(), o.seconds, o.base_rate, o.burst_rate, o.burst, o.period, o.hold_ms, o.cold_start_ms,
+              o.learn);
   std::printf("%-14s %9s %9s %9s %8s %12s %5s %10s\n", "POOL", "P50 MS", "P99 MS", "MAX MS", "TIMEOUTS",
               "SESSION-S", "PEAK", "UPS/DOWNS");
   for (const Result& r : results) {

@@ -147,7 +147,7 @@ bool status(const Globals& g, const std::string& only, std::ostream& out) {
     return true;
   }
   std::vector<std::vector<std::string>> rows = {
-      {"POOL", "SESSIONS", "IDLE", "LEASED", "STARTING", "QUEUE", "LEASES", "WAIT P99", "REUSE", "STATE"}};
+      {"POOL", "SESSIONS", "TARGET", "IDLE", "LEASED", "STARTING", "QUEUE", "LEASES", "WAIT P99", "REUSE", "STATE"}};
   for (const auto& p : pools->at("pools").as_array()) {
     const std::string name = text(p, "name");
     if (!only.empty() && name != only) continue;
@@ -158,7 +158,11 @@ bool status(const Globals& g, const std::string& only, std::ostream& out) {
     else if (p.at("paused").as_bool()) state = "paused";
     std::ostringstream reuse;
     reuse << std::fixed << std::setprecision(2) << p.at("reuse_rate").to_number<double>();
-    rows.push_back({name, std::to_string(num(p, "sessions")), std::to_string(num(by, "idle")),
+    // The warm size, and "auto" while the autoscaler moves it.
+    const json::value* autoscale = p.as_object().if_contains("autoscale");
+    const std::string target =
+        std::to_string(num(p, "target")) + (autoscale != nullptr && autoscale->is_bool() && autoscale->get_bool() ? " auto" : "");
+    rows.push_back({name, std::to_string(num(p, "sessions")), target, std::to_string(num(by, "idle")),
                     std::to_string(num(by, "leased")), std::to_string(num(by, "starting")),
                     std::to_string(num(p, "queue_length")), std::to_string(num(p, "acquisitions")),
                     human_ms(num(p.at("wait_ms"), "p99")), reuse.str(), state});

@@ -64,19 +64,30 @@ std::optional<ScaleDecision> Autoscaler::evaluate(const AutoscaleObservation& o,
 
 namespace {
 
-// 1 - sum|a - b| / sum max(a, b) over the slots both saw; 0 when they share
-// too few (under nine tenths) or saw no demand at all.
+// How alike two seasons are: the correlation of their slots (both seen),
+// 0 when negative, when they share under nine tenths of their slots, or when
+// either is flat. Noise at a low level hardly moves it; a pattern that
+// repeats (bursts at the same phase) brings it near 1.
 double similarity(const std::vector<double>& a, const std::vector<double>& b) {
-  double diff = 0, total = 0;
+  double sa = 0, sb = 0;
   std::size_t both = 0;
   for (std::size_t i = 0; i < a.size(); ++i) {
     if (a[i] < 0 || b[i] < 0) continue;
     ++both;
-    diff += std::abs(a[i] - b[i]);
-    total += std::max(a[i], b[i]);
+    sa += a[i];
+    sb += b[i];
   }
-  if (both * 10 < a.size() * 9 || total <= 0) return 0;
-  return 1 - diff / total;
+  if (both < 2 || both * 10 < a.size() * 9) return 0;
+  const double ma = sa / static_cast<double>(both), mb = sb / static_cast<double>(both);
+  double saa = 0, sbb = 0, sab = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (a[i] < 0 || b[i] < 0) continue;
+    saa += (a[i] - ma) * (a[i] - ma);
+    sbb += (b[i] - mb) * (b[i] - mb);
+    sab += (a[i] - ma) * (b[i] - mb);
+  }
+  if (saa <= 0 || sbb <= 0) return 0;
+  return std::max(0.0, sab / std::sqrt(saa * sbb));
 }
 
 }  // namespace

@@ -16,7 +16,7 @@
 // (plus an interval) from now, that demand is what the size must serve.
 //
 // Seasonal (with `season`): demand is remembered per phase of the season;
-// once the last two whole seasons agree (1 - sum|a - b| / sum max(a, b) at
+// once the last two whole seasons agree (the correlation of their phases at
 // least `min_confidence`), the highest demand the last season saw between now
 // and one cold start (plus an interval) ahead is what the size must serve.
 //
