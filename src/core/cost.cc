@@ -134,6 +134,17 @@ void CostMeter::session_closed(SessionId session, std::int64_t at_ms, std::vecto
   sessions_.erase(it);
 }
 
+std::int64_t CostMeter::charge_unobserved(SessionId session, std::int64_t from_ms, std::int64_t to_ms,
+                                          bool created, std::vector<CostCharge>& out) const {
+  CostMeter once({.per_session = created ? model_.per_session : 0, .per_hour_alive = model_.per_hour_alive});
+  const std::size_t first = out.size();
+  once.session_started(session, std::min(from_ms, to_ms), out);
+  once.session_closed(session, to_ms, out);
+  std::int64_t total = 0;
+  for (std::size_t i = first; i < out.size(); ++i) total += out[i].micros;
+  return total;
+}
+
 void CostMeter::accrue(std::int64_t now_ms, std::vector<CostCharge>& out) {
   for (auto& [id, live] : sessions_) {
     charge_span(live.alive, now_ms, id, {}, ChargeKind::kAlive, now_ms, live, out);

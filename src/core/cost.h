@@ -80,6 +80,13 @@ class CostMeter {
   // Charges the time of every live session and lease up to now.
   void accrue(std::int64_t now_ms, std::vector<CostCharge>& out);
 
+  // The charges of a session this meter did not watch (a run that died left
+  // it open; a provider made it unbeknownst): its time alive from `from_ms`
+  // to `to_ms` at this model's price per hour alive (split by day), and the
+  // creation fee when `created`. Appends them and returns their sum; the
+  // meter itself is unchanged.
+  std::int64_t charge_unobserved(SessionId session, std::int64_t from_ms, std::int64_t to_ms, bool created,
+                                 std::vector<CostCharge>& out) const;
   // What a live session has cost so far (charged), or nullopt.
   std::optional<std::int64_t> session_cost(SessionId session) const;
   std::size_t live() const { return sessions_.size(); }

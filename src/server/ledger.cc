@@ -163,10 +163,7 @@ std::expected<std::int64_t, Error> Ledger::remote_closed(const store::OpenSessio
     if (was_running && it != pools_.end() && closed_ms > s.last_charge_ms) {
       // Only its time alive since the last charge: it was created (and any
       // lease ended) in the run that charged it.
-      core::CostMeter alive({.per_hour_alive = it->second.meter.model().per_hour_alive});
-      alive.session_started(s.session, s.last_charge_ms, charges);
-      alive.session_closed(s.session, closed_ms, charges);
-      for (const core::CostCharge& c : charges) extra += c.micros;
+      extra = it->second.meter.charge_unobserved(s.session, s.last_charge_ms, closed_ms, false, charges);
       record(s.pool, charges, rows);
     }
     rows.push_back(store::SessionReconciled{
@@ -279,17 +276,13 @@ void Ledger::swept(const std::string& pool, const std::vector<drivers::SweptSess
     std::lock_guard lock(mu_);
     auto it = pools_.find(pool);
     if (it == pools_.end()) return;
-    const core::CostModel& model = it->second.meter.model();
+    const core::CostMeter& meter = it->second.meter;
     std::vector<store::Record> rows;
-    std::vector<core::CostCharge> all;
+    bool charged = false;
     for (const drivers::SweptSession& s : sessions) {
       std::vector<core::CostCharge> charges;
-      core::CostMeter meter({.per_session = model.per_session, .per_hour_alive = model.per_hour_alive});
       const std::int64_t created = std::min(s.created_ms.value_or(s.deleted_ms), s.deleted_ms);
-      meter.session_started(s.session, created, charges);
-      meter.session_closed(s.session, s.deleted_ms, charges);
-      std::int64_t cost = 0;
-      for (const core::CostCharge& c : charges) cost += c.micros;
+      const std::int64_t cost = meter.charge_unobserved(s.session, created, s.deleted_ms, true, charges);
       record(pool, charges, rows);
       rows.push_back(store::SessionSwept{.run = s.run,
                                          .pool = pool,
@@ -298,7 +291,7 @@ void Ledger::swept(const std::string& pool, const std::vector<drivers::SweptSess
                                          .created_ms = created,
                                          .closed_ms = s.deleted_ms,
                                          .cost_micros = cost});
-      all.insert(all.end(), charges.begin(), charges.end());
+      charged = charged || !charges.empty();
     }
     rows.push_back(store::AuditEntry{
         .at_ms = now_ms_(),
@@ -307,7 +300,7 @@ void Ledger::swept(const std::string& pool, const std::vector<drivers::SweptSess
         .pool = pool,
         .detail = json::serialize(json::object{{"deleted", sessions.size()}})});
     write(std::move(rows));
-    if (!all.empty()) check_budgets(changes);
+    if (charged) check_budgets(changes);
   }
   deliver(changes);
 }

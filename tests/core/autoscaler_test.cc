@@ -84,6 +84,13 @@ LoadRun simulate(AutoscaleConfig config, int min, int max, int seconds_total,
   return run;
 }
 
+// Seconds with someone waiting from `from` on.
+int waited_after(const LoadRun& r, TimePoint from) {
+  int n = 0;
+  for (const Step& s : r.steps) n += s.at >= from && s.waiting > 0;
+  return n;
+}
+
 // Direction changes (up then down or down then up) over a run.
 int reversals(const LoadRun& r) {
   int n = 0;
@@ -217,11 +224,6 @@ TEST(AutoscalerTest, ATrendStartsSessionsAheadOfAColdStart) {
   // Once the trend has a window of the ramp to go on (from 60 s + 2 min),
   // nobody waits with it; without it, every reactive step comes one cold
   // start late.
-  auto waited_after = [](const LoadRun& r, TimePoint from) {
-    int n = 0;
-    for (const Step& s : r.steps) n += s.at >= from && s.waiting > 0;
-    return n;
-  };
   const TimePoint settled = TimePoint{} + 200s;
   EXPECT_EQ(waited_after(ahead, settled), 0);
   EXPECT_GE(waited_after(behind, settled), 10);
@@ -242,11 +244,6 @@ TEST(AutoscalerTest, ARepeatingPatternIsMetAhead) {
   plain.season = Duration{0};
   const LoadRun ahead = simulate(seasonal, 2, 30, 600, bursts, 5s);
   const LoadRun behind = simulate(plain, 2, 30, 600, bursts, 5s);
-  auto waited_after = [](const LoadRun& r, TimePoint from) {
-    int n = 0;
-    for (const Step& s : r.steps) n += s.at >= from && s.waiting > 0;
-    return n;
-  };
   // From the fourth minute on (two whole seasons seen, then one to compare).
   const TimePoint learned = TimePoint{} + 180s;
   EXPECT_EQ(waited_after(ahead, learned), 0);

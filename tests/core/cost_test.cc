@@ -177,6 +177,30 @@ TEST(CostMeterTest, RandomDaysAddUpExactly) {
 }
 
 // Verifies the calendar: UTC days and months, also around 1970.
+// Verifies the charges of a session the meter did not watch: its fee when
+// it was created then, its time alive split at midnight, and the meter left
+// as it was.
+TEST(CostMeterTest, ChargesWhatItDidNotWatch) {
+  CostMeter m({.per_session = 10'000, .per_hour_alive = 3'600'000, .per_use = 5});
+  std::vector<CostCharge> out;
+  const std::int64_t midnight = 20'000 * kMillisPerDay;
+  // 30 min before midnight to 15 min after at $3.60/h: $1.80 and $0.90.
+  EXPECT_EQ(m.charge_unobserved(7, midnight - 1'800'000, midnight + 900'000, true, out),
+            10'000 + 1'800'000 + 900'000);
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_EQ(out[0].kind, ChargeKind::kCreated);
+  EXPECT_EQ(out[1].day, 19'999);
+  EXPECT_EQ(out[1].micros, 1'800'000);
+  EXPECT_EQ(out[2].day, 20'000);
+  EXPECT_EQ(out[2].micros, 900'000);
+  for (const CostCharge& c : out) EXPECT_EQ(c.session, 7u);
+  // Without the fee; backwards time charges nothing.
+  out.clear();
+  EXPECT_EQ(m.charge_unobserved(8, midnight, midnight + 1000, false, out), 1000);
+  EXPECT_EQ(m.charge_unobserved(9, midnight + 1000, midnight, false, out), 0);
+  EXPECT_EQ(m.live(), 0u);
+}
+
 TEST(CostCalendarTest, DaysAndMonths) {
   EXPECT_EQ(day_of(0), 0);
   EXPECT_EQ(day_of(-1), -1);

@@ -28,7 +28,6 @@ using runtime::ExecuteRequest;
 using runtime::Log;
 using runtime::LogLevel;
 using runtime::Usage;
-using namespace std::chrono_literals;
 
 namespace {
 
@@ -247,8 +246,7 @@ struct RemoteDriver::Shared {
     auto getting = idempotent(request("GET", session_url(external_id), timeout), retries);
     auto r = co_await std::move(getting);
     if (!r) {
-      co_return std::unexpected(Error(r.error().message.find("within") != std::string::npos
-                                          ? ErrorCode::kExecuteTimeout
+      co_return std::unexpected(Error(r.error().timed_out ? ErrorCode::kExecuteTimeout
                                           : ErrorCode::kSessionLost,
                                       "status of " + external_id + ": " + r.error().message));
     }

@@ -109,7 +109,10 @@ struct RestClient::Impl {
     };
     auto [wec, written] = co_await http::async_write(stream, req, kTuple);
     (void)written;
-    if (wec) co_return std::unexpected(RestError{"cannot send the request: " + why(wec), true});
+    if (wec) {
+      co_return std::unexpected(
+          RestError{"cannot send the request: " + why(wec), true, wec == beast::error::timeout});
+    }
     beast::flat_buffer buffer;
     http::response_parser<http::string_body> parser;
     parser.body_limit(options.max_body);
@@ -120,7 +123,7 @@ struct RestClient::Impl {
       co_return std::unexpected(RestError{
           "the answer's body is over " + std::to_string(options.max_body) + " bytes", true});
     }
-    if (rec) co_return std::unexpected(RestError{"no answer: " + why(rec), true});
+    if (rec) co_return std::unexpected(RestError{"no answer: " + why(rec), true, rec == beast::error::timeout});
     auto res = parser.release();
     co_return RestResponse{.status = static_cast<int>(res.result_int()), .body = std::move(res.body())};
   }
@@ -168,7 +171,7 @@ asio::awaitable<std::expected<RestResponse, RestError>> RestClient::call(RestReq
   auto expiring = timer.async_wait(kTuple);
   auto raced = co_await (std::move(resolving) || std::move(expiring));
   if (raced.index() == 1) {
-    co_return std::unexpected(RestError{"cannot resolve " + url->host + ": " + timed_out, false});
+    co_return std::unexpected(RestError{"cannot resolve " + url->host + ": " + timed_out, false, true});
   }
   auto [rec, endpoints] = std::get<0>(std::move(raced));
   if (rec) co_return std::unexpected(RestError{"cannot resolve " + url->host + ": " + rec.message(), false});
@@ -194,7 +197,8 @@ asio::awaitable<std::expected<RestResponse, RestError>> RestClient::call(RestReq
   auto [cec, endpoint] = co_await tcp_stream.async_connect(endpoints, kTuple);
   (void)endpoint;
   if (cec == beast::error::timeout) {
-    co_return std::unexpected(RestError{"cannot connect to " + url->host + ":" + url->port + ": " + timed_out, false});
+    co_return std::unexpected(
+        RestError{"cannot connect to " + url->host + ":" + url->port + ": " + timed_out, false, true});
   }
   if (cec) {
     co_return std::unexpected(RestError{"cannot connect to " + url->host + ":" + url->port + ": " + cec.message(), false});
@@ -216,7 +220,7 @@ asio::awaitable<std::expected<RestResponse, RestError>> RestClient::call(RestReq
       co_return std::unexpected(RestError{
           "TLS handshake with " + url->host + " failed: " +
               (hec == beast::error::timeout ? timed_out : ssl_error_text(hec)),
-          false});
+          false, hec == beast::error::timeout});
     }
     result = co_await impl_->exchange(tls_stream, req, timed_out);
     error_code ignored;

@@ -58,7 +58,8 @@ struct RestResponse {
 // Why a call failed, and whether the request may have reached the server.
 struct RestError {
   std::string message;
-  bool sent = false;  // the request was written (in whole or part): it may have taken effect
+  bool sent = false;       // the request was written (in whole or part): it may have taken effect
+  bool timed_out = false;  // the call's timeout ended it
 };
 
 struct RestClientOptions {
