@@ -58,6 +58,7 @@ token_env = "PK_TOKEN"
         self.proc.terminate()
         self.proc.wait(60)
         self.reader.join(10)
+        self.proc.stderr.close()
         self.dir.cleanup()
 
 
@@ -76,7 +77,8 @@ class ClientTest(unittest.TestCase):
     def tearDownClass(cls):
         cls.client.close()
         cls.daemon.stop()
-        assert cls.daemon.proc.returncode == 0, cls.daemon.proc.returncode
+        code = cls.daemon.proc.returncode
+        assert code == 0, f"the daemon exited with {code}:\n" + "".join(cls.daemon.lines)
 
     def test_execute_keeps_a_client_session_on_its_worker(self):
         first = self.client.execute("python", {"op": "append", "item": "a"}, client_session="s1")
