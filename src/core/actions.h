@@ -93,7 +93,7 @@ struct Event {
   LeaseId lease = 0;
   StopReason reason = StopReason::kShutdown;
   std::int64_t value = 0;   // a count or size, where the type has one
-  std::string detail;       // owner, error text, ... (empty on hot paths)
+  std::string detail{};     // owner, error text, ... (empty on hot paths)
   std::int64_t previous = 0;  // kAutoscaled: the size before
   double confidence = 0;      // kAutoscaled: 1 when observed, the trend's R^2 when predicted
 };
