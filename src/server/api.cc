@@ -11,9 +11,11 @@
 #include <ctime>
 #include <sstream>
 
+#include "runtime/text.h"
 #include "server/ledger.h"
 #include "server/request.h"
 #include "server/sha256.h"
+#include "server/views.h"
 
 namespace poolkeeper::server {
 namespace {
@@ -60,52 +62,6 @@ json::object session_json(const runtime::SessionView& s) {
   o["cpu_percent"] = s.usage.cpu_percent < 0 ? json::value(nullptr)
                                              : json::value(std::round(s.usage.cpu_percent * 10) / 10);
   o["describe"] = s.describe;
-  return o;
-}
-
-json::object stats_json(const PoolStats& st) {
-  json::object o;
-  json::object by_state;
-  for (int i = 0; i < kSessionStateCount; ++i) {
-    by_state[std::string(to_string(static_cast<SessionState>(i)))] = st.sessions_by_state[i];
-  }
-  o["sessions"] = st.sessions;
-  o["sessions_by_state"] = std::move(by_state);
-  o["target"] = st.target;
-  o["min"] = st.min;
-  o["max"] = st.max;
-  o["queue_length"] = st.queue_length;
-  o["paused"] = st.paused;
-  o["draining"] = st.draining;
-  o["emergency_stopped"] = st.emergency_stopped;
-  o["budget_exceeded"] = st.budget_exceeded;
-  o["autoscale"] = st.autoscale;
-  o["scale_ups"] = st.scale_ups;
-  o["scale_downs"] = st.scale_downs;
-  o["acquisitions"] = st.acquisitions;
-  o["immediate"] = st.immediate;
-  o["releases"] = st.releases;
-  o["broken_releases"] = st.broken_releases;
-  o["timeouts"] = st.timeouts;
-  o["cancellations"] = st.cancellations;
-  o["rejections"] = st.rejections;
-  o["reclaimed"] = st.reclaimed;
-  o["sessions_created"] = st.sessions_created;
-  o["start_failures"] = st.start_failures;
-  o["sessions_closed"] = st.sessions_closed;
-  o["checks"] = st.checks;
-  o["check_failures"] = st.check_failures;
-  o["reuse_rate"] = st.reuse_rate;
-  o["affinity_hits"] = st.affinity_hits;
-  o["affinity_misses"] = st.affinity_misses;
-  o["wait_ms"] = json::object{{"count", st.wait.count},
-                              {"p50", ms(st.wait.p50)},
-                              {"p95", ms(st.wait.p95)},
-                              {"p99", ms(st.wait.p99)},
-                              {"max", ms(st.wait.max)}};
-  o["client_sessions_active"] = st.client_sessions_active;
-  o["client_sessions_expired"] = st.client_sessions_expired;
-  o["reservations"] = st.reservations;
   return o;
 }
 
@@ -461,10 +417,57 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
         }
       }
     }
+    if (bus_ != nullptr) {
+      family("poolkeeper_event_subscribers", "gauge", "Clients on /v1/events and /v1/ws.");
+      out << "poolkeeper_event_subscribers " << bus_->subscribers() << "\n";
+      family("poolkeeper_event_subscribers_dropped_total", "counter",
+             "Event clients dropped for falling too far behind.");
+      out << "poolkeeper_event_subscribers_dropped_total " << bus_->dropped() << "\n";
+    }
     co_return Response{.status = 200, .body = out.str(), .content_type = "text/plain; version=0.0.4"};
   }
 
   if (p.size() < 2 || p[0] != "v1") co_return not_found();
+
+  // GET /v1/events (Server-Sent Events) and /v1/ws (WebSocket)
+  if (p.size() == 2 && (p[1] == "events" || p[1] == "ws")) {
+    if (m != "GET") co_return method_not_allowed();
+    if (bus_ == nullptr) co_return not_found();
+    const bool ws = p[1] == "ws";
+    if (ws && !req.websocket) {
+      co_return error_response(426, "upgrade_required", "/v1/ws speaks WebSocket: send an Upgrade request");
+    }
+    auto query = [&](const char* key) -> std::string_view {
+      auto it = target->query.find(key);
+      return it == target->query.end() ? std::string_view() : std::string_view(it->second);
+    };
+    auto filter = monitor::parse_filter(query("pool"), query("type"));
+    if (!filter) co_return error_response(400, "invalid_argument", filter.error());
+    for (const std::string& name : filter->pools) {
+      if (auto pool = pool_named(name); !pool) co_return pool.error();
+    }
+    // A tenant held to some pools hears only theirs (and the daemon's own).
+    if (filter->pools.empty() && caller.pools != nullptr && !caller.pools->empty()) {
+      filter->pools = *caller.pools;
+    }
+    std::optional<std::uint64_t> last;
+    const std::string_view last_text = !req.last_event_id.empty() ? std::string_view(req.last_event_id)
+                                                                   : query("last_event_id");
+    if (!last_text.empty()) {
+      std::uint64_t v = 0;
+      const auto [end, ec] = std::from_chars(last_text.data(), last_text.data() + last_text.size(), v);
+      if (ec != std::errc() || end != last_text.data() + last_text.size()) {
+        co_return error_response(400, "invalid_argument",
+                                 "Last-Event-ID must be an event id (a whole number), got \"" +
+                                     runtime::excerpt(last_text, 40) + "\"");
+      }
+      last = v;
+    }
+    if (auto stopping = refuse_when_stopping()) co_return *stopping;
+    Response r{.status = ws ? 101 : 200, .content_type = "text/event-stream"};
+    r.events = bus_->subscribe(std::move(*filter), last);
+    co_return r;
+  }
 
   // /v1/pools...
   if (p[1] == "pools") {

@@ -38,6 +38,7 @@
 #include <string>
 #include <vector>
 
+#include "monitor/event_bus.h"
 #include "runtime/pool_runner.h"
 #include "server/config.h"
 #include "server/rate_limiter.h"
@@ -49,6 +50,8 @@ struct Request {
   std::string target{};         // path and query: "/v1/pools/python?x=1"
   std::string authorization{};  // the Authorization header, if any
   std::string body{};
+  std::string last_event_id{};  // the Last-Event-ID header (an event stream resuming)
+  bool websocket = false;       // the request asks to upgrade to WebSocket
 };
 
 struct Response {
@@ -60,6 +63,9 @@ struct Response {
   // Run by the server when the answer could not be written to the client:
   // undoes what the request did for it (a granted lease goes back).
   std::function<void()> undelivered{};
+  // Set for /v1/events and /v1/ws: the server streams this subscription's
+  // events (SSE, or WebSocket when the request upgrades) instead of a body.
+  std::shared_ptr<monitor::Subscription> events{};
 };
 
 class Ledger;
@@ -79,6 +85,8 @@ class Api {
   // charged pool's acquires and releases answer once their records are on
   // disk, and GET /v1/cost reads them. Without one (tests), none of that.
   void set_ledger(Ledger* ledger) { ledger_ = ledger; }
+  // The live events behind /v1/events and /v1/ws (404 without).
+  void set_event_bus(monitor::EventBus* bus) { bus_ = bus; }
 
  private:
   struct Pool {
@@ -101,6 +109,7 @@ class Api {
   std::map<std::string, Pool, std::less<>> pools_;
   std::atomic<bool> shutting_down_{false};
   Ledger* ledger_ = nullptr;
+  monitor::EventBus* bus_ = nullptr;
   TimePoint started_{};
 };
 

@@ -229,6 +229,10 @@ std::vector<Field> server_fields(ServerConfig& s, std::string& listen) {
       {"rate_limit", real(s.rate_limit, 0, 1e9)},
       {"rate_burst", integer(s.rate_burst, 1)},
       {"max_connections", size(s.max_connections)},
+      {"event_ring", size(s.event_ring)},
+      {"event_queue", size(s.event_queue)},
+      {"status_interval", duration(s.status_interval)},
+      {"event_heartbeat", duration(s.event_heartbeat)},
   };
 }
 
@@ -590,6 +594,16 @@ class Loader {
     if (config.server.max_header < 1024) {
       return fail(where("server.max_header", t != nullptr ? t->get("max_header") : nullptr) +
                   "must be at least 1KiB");
+    }
+    if (config.server.event_ring < 1 || config.server.event_queue < 1) {
+      const bool ring = config.server.event_ring < 1;
+      return fail(where(ring ? "server.event_ring" : "server.event_queue",
+                        t != nullptr ? t->get(ring ? "event_ring" : "event_queue") : nullptr) +
+                  "must be at least 1");
+    }
+    if (config.server.event_heartbeat < std::chrono::seconds(1)) {
+      return fail(where("server.event_heartbeat", t != nullptr ? t->get("event_heartbeat") : nullptr) +
+                  "must be at least 1s");
     }
     return {};
   }

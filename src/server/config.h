@@ -55,6 +55,11 @@ struct ServerConfig {
   double rate_limit = 0;   // requests per second per tenant (0: off)
   int rate_burst = 100;    // requests a tenant may send at once above the rate
   std::size_t max_connections = 20000;
+  // Live events (/v1/events, /v1/ws).
+  std::size_t event_ring = 4096;    // events kept for a client resuming with Last-Event-ID
+  std::size_t event_queue = 1024;   // events a client may fall behind before it is dropped
+  Duration status_interval = std::chrono::seconds(1);  // pool_status snapshots (0: none)
+  Duration event_heartbeat = std::chrono::seconds(15);  // a comment or ping on a quiet stream
 
   bool operator==(const ServerConfig&) const = default;
 };

@@ -23,12 +23,16 @@
 #include <thread>
 #include <vector>
 
+#include <boost/json/serialize.hpp>
+
 #include "drivers/process/process_driver.h"
+#include "monitor/event_bus.h"
 #include "drivers/remote/remote_driver.h"
 #include "runtime/pool_runner.h"
 #include "server/api.h"
 #include "server/http_server.h"
 #include "server/ledger.h"
+#include "server/views.h"
 #include "store/store.h"
 
 namespace poolkeeper::server {
@@ -115,6 +119,8 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
                {"run", std::to_string(store->run_id())}});
   }
   Ledger ledger(config, store.get(), wall_ms, log);
+  // What happens, live (/v1/events, /v1/ws).
+  monitor::EventBus bus({.ring = config.server.event_ring, .queue = config.server.event_queue});
   std::set<std::string> remote_pools;
   for (const PoolEntry& e : config.pools) {
     if (e.driver == "remote") remote_pools.insert(e.pool.name);
@@ -174,7 +180,10 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
     auto runner = runtime::PoolRunner::create(
         io.get_executor(), e.pool, std::move(*driver),
         {.log = &log,
-         .on_event = [&ledger, name = e.pool.name](const core::Event& ev) { ledger.on_event(name, ev); }});
+         .on_event = [&ledger, &bus, name = e.pool.name](const core::Event& ev) {
+           ledger.on_event(name, ev);
+           bus.publish(name, ev);
+         }});
     if (!runner) {
       log.write(runtime::LogLevel::kError, "pool refused",
                 {{"pool", e.pool.name}, {"why", runner.error().message}});
@@ -199,6 +208,7 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
 
   Api api(config, runners);
   api.set_ledger(&ledger);
+  api.set_event_bus(&bus);
   HttpServer server(io.get_executor(), config.server, api, log);
   auto port = server.listen();
   if (!port) {
@@ -236,6 +246,26 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
       },
       asio::detached);
   asio::signal_set signals(control, SIGTERM, SIGINT, SIGHUP);
+
+  // Each pool's status, at server.status_interval, while anyone listens.
+  asio::steady_timer status_timer(control);
+  bool status_stopped = config.server.status_interval.count() == 0;
+  asio::co_spawn(
+      control,
+      [&]() -> asio::awaitable<void> {
+        while (!status_stopped) {
+          status_timer.expires_after(config.server.status_interval);
+          (void)co_await status_timer.async_wait(asio::as_tuple(asio::use_awaitable));
+          if (status_stopped || bus.subscribers() == 0) continue;
+          for (auto& r : runners) {
+            auto snapshotting = r->snapshot(asio::use_awaitable);
+            runtime::PoolSnapshot snap = co_await std::move(snapshotting);
+            std::string fields = boost::json::serialize(stats_json(snap.stats));
+            bus.publish("pool_status", r->name(), std::string_view(fields).substr(1, fields.size() - 2), false);
+          }
+        }
+      },
+      asio::detached);
 
   // Paid sessions an earlier run left open are closed at their provider and
   // charged up to then (retried while the provider cannot be reached: they
@@ -325,6 +355,9 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
     ledger.tick();  // the last time charges, after every session stopped
     books_stopped = true;
     books_timer.cancel();
+    status_stopped = true;
+    status_timer.cancel();
+    bus.close_all("the daemon is stopping");  // after the pools' last events
     server.stop();
     // Responses in flight get a moment to be written.
     for (int i = 0; i < 50 && server.connections() > 0; ++i) {

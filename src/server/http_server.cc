@@ -20,6 +20,8 @@
 #include <optional>
 #include <unordered_map>
 
+#include "server/event_stream.h"
+
 namespace poolkeeper::server {
 namespace {
 
@@ -32,6 +34,10 @@ using namespace asio::experimental::awaitable_operators;
 
 constexpr auto kWriteTimeout = 30s;
 constexpr auto kBodyTimeout = 60s;
+
+bool request_upgrades(const http::request<http::string_body>& req) {
+  return beast::iequals(req[http::field::upgrade], "websocket");
+}
 
 std::string route_of(std::string_view target) { return std::string(target.substr(0, target.find('?'))); }
 
@@ -262,7 +268,9 @@ struct HttpServer::State : std::enable_shared_from_this<HttpServer::State> {
       Request request{.method = std::string(req.method_string()),
                       .target = std::string(req.target()),
                       .authorization = std::string(req[http::field::authorization]),
-                      .body = std::move(req.body())};
+                      .body = std::move(req.body()),
+                      .last_event_id = std::string(req["Last-Event-ID"]),
+                      .websocket = request_upgrades(req)};
       // The request runs until it answers or the client goes away (which
       // cancels it: a waiting acquire leaves its queue).
       auto handling = api.handle(std::move(request));
@@ -287,6 +295,24 @@ struct HttpServer::State : std::enable_shared_from_this<HttpServer::State> {
                  {"status", std::to_string(r.status)},
                  {"tenant", r.tenant},
                  {"latency_us", latency}});
+      if (r.events) {
+        // An event stream: the connection is the stream's until it ends.
+        const StreamSettings settings{.heartbeat = config.event_heartbeat, .write_timeout = kWriteTimeout};
+        std::string why;
+        if (request_upgrades(req)) {
+          auto streaming = stream_websocket(std::move(stream), std::move(req), std::move(r.events), settings);
+          why = co_await std::move(streaming);
+          log.write(runtime::LogLevel::kInfo, "event stream ended", {{"via", "websocket"}, {"why", why}});
+          co_return;  // the socket went with the WebSocket
+        }
+        auto streaming = stream_sse(stream, version, std::move(r.events), settings);
+        auto watching = watch_gone(stream.socket());
+        auto racing = std::move(streaming) || std::move(watching);
+        auto outcome = co_await std::move(racing);
+        why = outcome.index() == 0 ? std::get<0>(std::move(outcome)) : "the client went away";
+        log.write(runtime::LogLevel::kInfo, "event stream ended", {{"via", "sse"}, {"why", why}});
+        break;
+      }
       std::function<void()> undelivered = std::move(r.undelivered);
       auto res = http_response(std::move(r), version, again);
       auto sending = send(stream, res);
