@@ -82,6 +82,7 @@ struct PoolStats {
   // draining; or emergency-stopped.
   bool degraded = false;
   int queue_length = 0;
+  TimePoint oldest_waiting_since = TimePoint::max();  // when the longest-waiting acquire came (max: none)
   bool paused = false;
   bool draining = false;
   bool emergency_stopped = false;

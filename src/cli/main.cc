@@ -285,6 +285,41 @@ void print_cost(const json::value& v, std::ostream& out) {
   print_table(out, rows);
 }
 
+// The alerts (GET /v1/alerts) as text: what is active, then what changed.
+void print_alerts(const json::value& v, std::size_t last, std::ostream& out) {
+  auto number = [](const json::value& x) {
+    if (x.is_null()) return std::string("-");
+    std::ostringstream s;
+    s << x.to_number<double>();
+    return s.str();
+  };
+  const json::array& active = v.at("active").as_array();
+  if (active.empty()) {
+    out << "no active alerts\n";
+  } else {
+    std::vector<std::vector<std::string>> rows{{"STATE", "RULE", "SUBJECT", "VALUE", "THRESHOLD", "SINCE"}};
+    for (const json::value& a : active) {
+      rows.push_back({text(a, "state"), text(a, "rule"), text(a, "subject"), number(a.at("value")),
+                      number(a.at("threshold")), text(a, "since")});
+    }
+    print_table(out, rows);
+  }
+  const json::array& history = v.at("history").as_array();
+  if (!history.empty()) {
+    out << "\nrecent changes:\n";
+    std::vector<std::vector<std::string>> rows{{"AT", "STATE", "MESSAGE"}};
+    for (std::size_t i = 0; i < history.size() && i < last; ++i) {
+      rows.push_back({text(history[i], "at"), text(history[i], "state"), text(history[i], "message")});
+    }
+    print_table(out, rows, 2);
+  }
+  const json::value& w = v.at("webhooks");
+  if (num(w, "urls") > 0) {
+    out << "\nwebhooks: " << num(w, "urls") << " url(s), " << num(w, "delivered") << " delivered, "
+        << num(w, "failed") << " failed, " << num(w, "dropped") << " dropped\n";
+  }
+}
+
 int print_or_fail(const Globals& g, const std::optional<json::value>& v, const std::string& plain) {
   if (!v) return 1;
   std::cout << (g.json ? json::serialize(*v) : plain) << "\n";
@@ -359,6 +394,9 @@ int run(int argc, char** argv) {
   cost_cmd->add_option("pool", pool, "Only this pool");
   cost_cmd->add_option("--days", days, "Days of history (1..62)")->check(CLI::Range(1, 62));
   cost_cmd->add_option("--tenant", tenant, "Only this tenant's charges (admin)");
+  std::size_t last = 20;
+  auto* alerts_cmd = app.add_subcommand("alerts", "Active alerts and recent changes");
+  alerts_cmd->add_option("--last", last, "Changes to show (default 20)");
   auto* estop_cmd = app.add_subcommand("emergency-stop", "Refuse all but critical requests everywhere (admin)");
   auto* eresume_cmd = app.add_subcommand("emergency-resume", "End the emergency stop (admin)");
 
@@ -460,6 +498,16 @@ int run(int argc, char** argv) {
       std::cout << json::serialize(*v) << "\n";
     } else {
       print_cost(*v, std::cout);
+    }
+    return 0;
+  }
+  if (*alerts_cmd) {
+    auto v = call(g, "GET", "/v1/alerts");
+    if (!v) return 1;
+    if (g.json) {
+      std::cout << json::serialize(*v) << "\n";
+    } else {
+      print_alerts(*v, last, std::cout);
     }
     return 0;
   }

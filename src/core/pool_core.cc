@@ -1556,6 +1556,7 @@ PoolStats PoolCore::stats() const {
   st.sessions = live_ + closing_;
   st.target = target_;
   st.queue_length = static_cast<int>(queue_.size());
+  queue_.for_each([&](const Waiter& w) { st.oldest_waiting_since = std::min(st.oldest_waiting_since, w.enqueued_at); });
   st.paused = modes_.paused;
   st.draining = modes_.draining || modes_.shutdown;
   st.emergency_stopped = modes_.emergency;

@@ -60,6 +60,10 @@ class WaitQueue {
   void for_each(F&& f) {
     for (std::uint32_t slot : order_) f(slots_[slot]);
   }
+  template <class F>
+  void for_each(F&& f) const {
+    for (std::uint32_t slot : order_) f(static_cast<const Waiter&>(slots_[slot]));
+  }
   // The waiter that would be served first among those `pred` accepts, or null. O(n).
   template <class Pred>
   Waiter* best_matching(Pred&& pred) {

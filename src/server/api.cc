@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "runtime/text.h"
+#include "server/alerting.h"
 #include "server/ledger.h"
 #include "server/request.h"
 #include "server/sha256.h"
@@ -308,7 +309,19 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
     if (m != "GET") co_return method_not_allowed();
     json::array pools;
     bool degraded = shutting_down_.load();
+    // A pool whose scheduler has stopped answering is not asked (the answer
+    // would never come): it is reported stalled, and so is the daemon.
+    const std::vector<std::string> stalled =
+        alerting_ != nullptr ? alerting_->stalled(real_clock().now()) : std::vector<std::string>{};
+    auto is_stalled = [&](std::string_view name) {
+      return std::find(stalled.begin(), stalled.end(), name) != stalled.end();
+    };
+    degraded = degraded || !stalled.empty();
     for (auto& [name, pool] : pools_) {
+      if (is_stalled(name)) {
+        pools.push_back(json::object{{"name", name}, {"status", "stalled"}});
+        continue;
+      }
       auto snapshotting = pool.runner->snapshot(asio::use_awaitable);
       PoolSnapshot s = co_await std::move(snapshotting);
       const bool low = s.stats.degraded;  // the core's rule
@@ -327,6 +340,7 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
     json::object o{{"status", degraded ? "degraded" : "healthy"},
                    {"uptime_s", ms(real_clock().now() - started_) / 1000},
                    {"pools", std::move(pools)}};
+    if (alerting_ != nullptr) o["monitor"] = is_stalled("alerting") ? "stalled" : "running";
     co_return json_response(degraded ? 503 : 200, o);
   }
 
@@ -428,6 +442,30 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
   }
 
   if (p.size() < 2 || p[0] != "v1") co_return not_found();
+
+  // GET /v1/alerts
+  if (p.size() == 2 && p[1] == "alerts") {
+    if (m != "GET") co_return method_not_allowed();
+    if (alerting_ == nullptr) co_return not_found();
+    json::object report = alerting_->report();
+    // A tenant held to some pools sees their alerts and the daemon's own.
+    if (caller.pools != nullptr && !caller.pools->empty()) {
+      auto hidden = [&](const json::value& v) {
+        const std::string_view subject = v.at("subject").as_string();
+        if (subject.starts_with("pool:")) return !may_use(caller, subject.substr(5));
+        return find_pool(subject) != nullptr && !may_use(caller, subject);
+      };
+      for (const char* list : {"active", "history"}) {
+        json::array& a = report[list].as_array();
+        json::array kept;
+        for (json::value& v : a) {
+          if (!hidden(v)) kept.push_back(std::move(v));
+        }
+        a = std::move(kept);
+      }
+    }
+    co_return json_response(200, report);
+  }
 
   // GET /v1/events (Server-Sent Events) and /v1/ws (WebSocket)
   if (p.size() == 2 && (p[1] == "events" || p[1] == "ws")) {

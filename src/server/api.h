@@ -68,6 +68,7 @@ struct Response {
   std::shared_ptr<monitor::Subscription> events{};
 };
 
+class Alerting;
 class Ledger;
 
 class Api {
@@ -87,6 +88,9 @@ class Api {
   void set_ledger(Ledger* ledger) { ledger_ = ledger; }
   // The live events behind /v1/events and /v1/ws (404 without).
   void set_event_bus(monitor::EventBus* bus) { bus_ = bus; }
+  // The alert rules behind /v1/alerts, and the schedulers' liveness that
+  // /health reports (without: 404, and every pool is asked).
+  void set_alerting(Alerting* alerting) { alerting_ = alerting; }
 
  private:
   struct Pool {
@@ -110,6 +114,7 @@ class Api {
   std::atomic<bool> shutting_down_{false};
   Ledger* ledger_ = nullptr;
   monitor::EventBus* bus_ = nullptr;
+  Alerting* alerting_ = nullptr;
   TimePoint started_{};
 };
 

@@ -19,6 +19,8 @@
 #include <sstream>
 #include <utility>
 
+#include "drivers/remote/rest_client.h"
+#include "monitor/alerts.h"
 #include "server/sha256.h"
 
 extern char** environ;  // NOLINT: POSIX
@@ -177,6 +179,85 @@ Check strings(std::vector<std::string>& out) {
   };
 }
 
+// http(s) URLs.
+Check urls(std::vector<std::string>& out) {
+  return [&out](const toml::node& n) -> std::optional<std::string> {
+    std::vector<std::string> v;
+    if (auto why = strings(v)(n)) return why;
+    for (const std::string& u : v) {
+      if (auto parsed = drivers::parse_url(u); !parsed) return "\"" + u + "\": " + parsed.error();
+    }
+    out = std::move(v);
+    return std::nullopt;
+  };
+}
+
+std::string rule_names() {
+  std::string all;
+  for (const monitor::AlertRule& r : monitor::builtin_rules()) all += (all.empty() ? "" : ", ") + r.name;
+  return all;
+}
+
+bool known_rule(std::string_view name) {
+  const auto rules = monitor::builtin_rules();
+  return std::any_of(rules.begin(), rules.end(), [&](const monitor::AlertRule& r) { return r.name == name; });
+}
+
+// [alerts.rules.NAME] tables: threshold, for, enabled.
+Check alert_rules(std::map<std::string, AlertRuleSettings>& out) {
+  return [&out](const toml::node& n) -> std::optional<std::string> {
+    const toml::table* t = n.as_table();
+    if (t == nullptr) return "must be a table of rules, got " + type_name(n);
+    std::map<std::string, AlertRuleSettings> v;
+    for (const auto& [name, node] : *t) {
+      const std::string rule(name.str());
+      if (!known_rule(rule)) return "\"" + rule + "\" is not a rule (the rules: " + rule_names() + ")";
+      const toml::table* r = node.as_table();
+      if (r == nullptr) return rule + ": must be a table (threshold, for, enabled)";
+      AlertRuleSettings settings;
+      for (const auto& [key, value] : *r) {
+        const std::string k(key.str());
+        if (k == "threshold") {
+          const auto x = value.value<double>();
+          if (!x || !std::isfinite(*x)) return rule + ".threshold: must be a number, got " + type_name(value);
+          settings.threshold = *x;
+        } else if (k == "for") {
+          Duration d{};
+          if (auto why = duration(d)(value)) return rule + ".for: " + *why;
+          settings.for_duration = d;
+        } else if (k == "enabled") {
+          const auto b = value.value_exact<bool>();
+          if (!b) return rule + ".enabled: must be true or false, got " + type_name(value);
+          settings.enabled = *b;
+        } else {
+          return rule + "." + k + ": unknown key (threshold, for, enabled)";
+        }
+      }
+      v[rule] = settings;
+    }
+    out = std::move(v);
+    return std::nullopt;
+  };
+}
+
+// A pool's own thresholds: { queue_length = 50, utilization = 0.95 }.
+Check alert_thresholds(std::map<std::string, double>& out) {
+  return [&out](const toml::node& n) -> std::optional<std::string> {
+    const toml::table* t = n.as_table();
+    if (t == nullptr) return "must be a table of rule = threshold, got " + type_name(n);
+    std::map<std::string, double> v;
+    for (const auto& [name, node] : *t) {
+      const std::string rule(name.str());
+      if (!known_rule(rule)) return "\"" + rule + "\" is not a rule (the rules: " + rule_names() + ")";
+      const auto x = node.value<double>();
+      if (!x || !std::isfinite(*x)) return rule + ": must be a number, got " + type_name(node);
+      v[rule] = *x;
+    }
+    out = std::move(v);
+    return std::nullopt;
+  };
+}
+
 // A table of NAME = "value" (environment variables for a worker).
 Check variables(std::vector<std::string>& out) {
   return [&out](const toml::node& n) -> std::optional<std::string> {
@@ -297,6 +378,8 @@ std::vector<Field> pool_fields(PoolEntry& e) {
       {"budget_monthly", money(e.budget.monthly)},
       {"budget_action", choice(e.budget_action, {{"refuse", BudgetAction::kRefuse},
                                                  {"drain", BudgetAction::kDrain}})},
+      // alerts
+      {"alert_thresholds", alert_thresholds(e.alert_thresholds)},
       // client sessions
       {"client_session_ttl", duration(p.client_session_ttl)},
       {"client_session_cleanup_interval", duration(p.client_session_cleanup_interval)},
@@ -409,6 +492,19 @@ std::vector<Field> budget_fields(BudgetConfig& b) {
   };
 }
 
+std::vector<Field> alerts_fields(AlertsConfig& a) {
+  return {
+      {"interval", duration(a.interval)},
+      {"stall_after", duration(a.stall_after)},
+      {"webhooks", urls(a.webhooks)},
+      {"webhook_timeout", duration(a.webhook_timeout)},
+      {"webhook_attempts", integer(a.webhook_attempts, 1, 100)},
+      {"outbox", size(a.outbox)},
+      {"history", size(a.history)},
+      {"rules", alert_rules(a.rules)},
+  };
+}
+
 const std::vector<std::string>& section_keys(std::string_view section) {
   static const auto keys = [] {
     std::map<std::string, std::vector<std::string>, std::less<>> m;
@@ -420,6 +516,8 @@ const std::vector<std::string>& section_keys(std::string_view section) {
     BudgetConfig b;
     for (auto& f : budget_fields(b)) m["budget"].push_back(f.key);
     m["log"] = {"level"};
+    AlertsConfig a;
+    for (auto& f : alerts_fields(a)) m["alerts"].push_back(f.key);
     PoolEntry e;
     for (auto& f : pool_fields(e)) m["pool"].push_back(f.key);
     TenantConfig t;
@@ -484,10 +582,10 @@ class Loader {
     config.source = source_;
     for (const auto& [key, node] : root) {
       const std::string k(key.str());
-      if (k != "server" && k != "store" && k != "budget" && k != "log" && k != "tenants" &&
+      if (k != "server" && k != "store" && k != "budget" && k != "alerts" && k != "log" && k != "tenants" &&
           k != "pools") {
         return fail(where(k, &node) +
-                    "unknown section (expected server, store, budget, log, tenants, pools)");
+                    "unknown section (expected server, store, budget, alerts, log, tenants, pools)");
       }
     }
     if (auto ok = load_server(root, config); !ok) return std::unexpected(ok.error());
@@ -625,6 +723,21 @@ class Loader {
     config.store.path = resolve(config.store.path);
     if (const toml::table* t = section(root, "budget", bad)) {
       if (auto ok = read(*t, "budget", budget_fields(config.budget)); !ok) return ok;
+    }
+    if (bad) return std::unexpected(*bad);
+    if (const toml::table* t = section(root, "alerts", bad)) {
+      if (auto ok = read(*t, "alerts", alerts_fields(config.alerts)); !ok) return ok;
+      if (config.alerts.interval < std::chrono::milliseconds(100)) {
+        return fail(where("alerts.interval", t->get("interval")) + "must be at least 100ms");
+      }
+      if (config.alerts.stall_after < std::chrono::seconds(1)) {
+        return fail(where("alerts.stall_after", t->get("stall_after")) + "must be at least 1s");
+      }
+      if (config.alerts.outbox < 1 || config.alerts.history < 1) {
+        const bool outbox = config.alerts.outbox < 1;
+        return fail(where(outbox ? "alerts.outbox" : "alerts.history", t->get(outbox ? "outbox" : "history")) +
+                    "must be at least 1");
+      }
     }
     if (bad) return std::unexpected(*bad);
     if (const toml::table* t = section(root, "log", bad)) {
@@ -849,7 +962,7 @@ class Loader {
       } else if (rest.starts_with("TENANT_")) {
         problem = named("TENANT_", "tenants", "tenant");
       } else if (rest.starts_with("SERVER_") || rest.starts_with("STORE_") ||
-                 rest.starts_with("BUDGET_") || rest.starts_with("LOG_")) {
+                 rest.starts_with("BUDGET_") || rest.starts_with("ALERTS_") || rest.starts_with("LOG_")) {
         std::string section_name = rest.substr(0, rest.find('_'));
         for (char& c : section_name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
         const std::string key_upper = rest.substr(rest.find('_') + 1);

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <expected>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -82,6 +83,28 @@ struct BudgetConfig {
   bool operator==(const BudgetConfig&) const = default;
 };
 
+// A built-in alert rule's settings (docs/alerts.md); what is unset keeps the default.
+struct AlertRuleSettings {
+  std::optional<double> threshold{};
+  std::optional<Duration> for_duration{};
+  bool enabled = true;
+
+  bool operator==(const AlertRuleSettings&) const = default;
+};
+
+struct AlertsConfig {
+  Duration interval = std::chrono::seconds(5);      // how often the rules are checked
+  Duration stall_after = std::chrono::seconds(10);  // a pool's scheduler silent this long: /health degraded
+  std::vector<std::string> webhooks{};              // http(s) URLs that get each change as a POST
+  Duration webhook_timeout = std::chrono::seconds(5);
+  int webhook_attempts = 6;        // tries per delivery, with backoff (1 s, 2 s, 4 s, ... at most 60 s)
+  std::size_t outbox = 1000;       // deliveries waiting per webhook; the oldest is dropped past it
+  std::size_t history = 500;       // changes GET /v1/alerts shows
+  std::map<std::string, AlertRuleSettings> rules{};  // by rule name
+
+  bool operator==(const AlertsConfig&) const = default;
+};
+
 struct LogConfig {
   std::string level = "info";  // debug, info, warn, error
 
@@ -113,6 +136,7 @@ struct PoolEntry {
   core::CostModel cost{};      // micro-dollars
   core::BudgetLimits budget{};  // micro-dollars; 0: none
   BudgetAction budget_action = BudgetAction::kRefuse;
+  std::map<std::string, double> alert_thresholds{};  // this pool's own, by rule name
 };
 
 struct DaemonConfig {
@@ -120,6 +144,7 @@ struct DaemonConfig {
   ServerConfig server;
   StoreConfig store;
   BudgetConfig budget;
+  AlertsConfig alerts;
   LogConfig log;
   std::vector<TenantConfig> tenants;
   std::vector<PoolEntry> pools;

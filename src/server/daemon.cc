@@ -15,6 +15,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -29,6 +30,7 @@
 #include "monitor/event_bus.h"
 #include "drivers/remote/remote_driver.h"
 #include "runtime/pool_runner.h"
+#include "server/alerting.h"
 #include "server/api.h"
 #include "server/http_server.h"
 #include "server/ledger.h"
@@ -155,6 +157,7 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
   }
   std::vector<std::shared_ptr<runtime::PoolRunner>> runners;
   std::map<std::string, drivers::RemoteDriver*> remotes;  // owned by their runners
+  std::atomic<Alerting*> alerting_ptr{nullptr};  // set before the runners start
   for (const PoolEntry& e : config.pools) {
     std::expected<std::unique_ptr<runtime::Driver>, Error> driver = std::unexpected(Error());
     if (e.driver == "remote") {
@@ -180,9 +183,10 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
     auto runner = runtime::PoolRunner::create(
         io.get_executor(), e.pool, std::move(*driver),
         {.log = &log,
-         .on_event = [&ledger, &bus, name = e.pool.name](const core::Event& ev) {
+         .on_event = [&ledger, &bus, &alerting_ptr, name = e.pool.name](const core::Event& ev) {
            ledger.on_event(name, ev);
            bus.publish(name, ev);
+           if (Alerting* a = alerting_ptr.load(std::memory_order_acquire)) a->on_event(name, ev);
          }});
     if (!runner) {
       log.write(runtime::LogLevel::kError, "pool refused",
@@ -206,9 +210,16 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
     }
   });
 
+  // Signals, the books, alerting and the shutdown run on one strand.
+  auto control = asio::make_strand(io);
+  Alerting alerting(control, config, runners,
+                    {.log = &log, .bus = &bus, .store = store.get(), .ledger = &ledger});
+  alerting_ptr.store(&alerting, std::memory_order_release);
+
   Api api(config, runners);
   api.set_ledger(&ledger);
   api.set_event_bus(&bus);
+  api.set_alerting(&alerting);
   HttpServer server(io.get_executor(), config.server, api, log);
   auto port = server.listen();
   if (!port) {
@@ -217,6 +228,7 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
   }
   for (auto& r : runners) r->start();
   server.start();
+  asio::post(control, [&alerting] { alerting.start(); });
 
   const std::string address = (config.server.host.find(':') != std::string::npos
                                    ? "[" + config.server.host + "]"
@@ -228,8 +240,6 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
              {"auth", config.server.auth == AuthMode::kNone ? "none" : "tokens"},
              {"config", config.source}});
 
-  // Signals and the shutdown run on one strand: their state needs no lock.
-  auto control = asio::make_strand(io);
 
   // Time charges and budgets, once a second (on the control strand, like the
   // shutdown that stops it).
@@ -357,6 +367,7 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
     books_timer.cancel();
     status_stopped = true;
     status_timer.cancel();
+    alerting.stop();
     bus.close_all("the daemon is stopping");  // after the pools' last events
     server.stop();
     // Responses in flight get a moment to be written.

@@ -436,6 +436,20 @@ std::optional<std::string> Ledger::tenant_refusal(const std::string& tenant) con
   return describe(scope, s);
 }
 
+std::vector<std::pair<std::string, double>> Ledger::budget_usage() const {
+  std::lock_guard lock(mu_);
+  const std::int64_t today = core::day_of(now_ms_());
+  std::vector<std::pair<std::string, double>> out;
+  auto add = [&](const std::string& scope, const std::string& subject) {
+    const core::BudgetStatus s = book_.status(scope, today);
+    if (s.limit > 0) out.emplace_back(subject, static_cast<double>(s.spent) / static_cast<double>(s.limit));
+  };
+  add("", "global");
+  for (const auto& [tenant, limits] : tenants_) add("tenant:" + tenant, "tenant:" + tenant);
+  for (const auto& [name, p] : pools_) add("pool:" + name, "pool:" + name);
+  return out;
+}
+
 std::uint64_t Ledger::mark() const { return store_ == nullptr ? 0 : store_->mark(); }
 
 void Ledger::sync(std::uint64_t since, store::Done done) {

@@ -101,6 +101,10 @@ class Ledger {
   // Why a tenant's acquires are refused now (its budget is spent), if they are.
   std::optional<std::string> tenant_refusal(const std::string& tenant) const;
 
+  // The share spent of each budget that has a limit, in its period worst
+  // off: ("global", 0.42), ("pool:NAME", ...), ("tenant:NAME", ...).
+  std::vector<std::pair<std::string, double>> budget_usage() const;
+
   std::uint64_t mark() const;
   void sync(std::uint64_t since, store::Done done);
 

@@ -675,6 +675,27 @@ std::expected<std::vector<DailyCost>, Error> Store::daily_costs(std::int64_t fro
   return out;
 }
 
+std::expected<std::vector<AlertRecord>, Error> Store::recent_alerts(std::size_t limit) {
+  std::vector<AlertRecord> out;
+  auto r = wait([&](Db& db) {
+    Statement& s = db.prepare(
+        "SELECT at_ms, rule, pool, state, value, message FROM alerts ORDER BY id DESC LIMIT ?");
+    s.bind(1, static_cast<std::int64_t>(limit));
+    while (s.step()) {
+      out.push_back(AlertRecord{.at_ms = s.integer(0),
+                                .rule = s.text(1),
+                                .pool = s.text(2),
+                                .state = s.text(3),
+                                .value = s.real(4),
+                                .message = s.text(5)});
+    }
+    s.reset();
+  });
+  if (!r) return std::unexpected(r.error());
+  std::reverse(out.begin(), out.end());  // oldest first
+  return out;
+}
+
 std::expected<std::vector<ClientSessionSaved>, Error> Store::client_sessions() {
   std::vector<ClientSessionSaved> out;
   const std::int64_t now = options_.now_ms();

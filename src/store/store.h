@@ -239,6 +239,8 @@ class Store {
   std::expected<std::vector<OpenSession>, Error> open_sessions_from_earlier_runs();
   std::expected<std::vector<DailyCost>, Error> daily_costs(std::int64_t from_day, std::int64_t to_day);
   std::expected<std::vector<ClientSessionSaved>, Error> client_sessions();
+  // The last `limit` alert changes, oldest first.
+  std::expected<std::vector<AlertRecord>, Error> recent_alerts(std::size_t limit);
 
   // Runs retention and a checkpoint now (they also run every maintenance_every).
   std::expected<void, Error> maintain();

@@ -112,7 +112,7 @@ TEST(ConfigTest, RefusesBadFilesWithFileLineKeyAndReason) {
             "test.toml:8: pools.py.start: must be one of \"lazy\", \"eager\", got \"soon\"");
   EXPECT_NE(refusal("[server\nlisten = 1\n").find("test.toml:1: "), std::string::npos);
   EXPECT_EQ(refusal("[servr]\n"),
-            "test.toml:1: servr: unknown section (expected server, store, budget, log, tenants, pools)");
+            "test.toml:1: servr: unknown section (expected server, store, budget, alerts, log, tenants, pools)");
 }
 
 // Verifies the checks that span keys: a pool needs a command and a known
@@ -420,6 +420,55 @@ TEST(ConfigTest, QuickstartLoads) {
   EXPECT_EQ(c->pools[0].process.working_dir, std::string(POOLKEEPER_SOURCE_DIR) + "/examples");
   EXPECT_EQ(load_config("/nonexistent/poolkeeper.toml", {}).error().message,
             "/nonexistent/poolkeeper.toml: cannot be read");
+}
+
+TEST(ConfigTest, ReadsAlertsAndEventSettings) {
+  auto c = parse(std::string(R"(
+[server]
+auth = "none"
+event_ring = 100
+event_queue = 10
+status_interval = "250ms"
+
+[alerts]
+interval = "2s"
+webhooks = ["http://127.0.0.1:9000/hook", "https://hooks.example.com/x"]
+webhook_attempts = 3
+
+[alerts.rules.queue_length]
+threshold = 20
+for = "1m"
+
+[alerts.rules.utilization]
+enabled = false
+
+[pools.py]
+command = ["python3", "worker.py"]
+alert_thresholds = { queue_length = 50, unhealthy_sessions = 0.5 }
+)"));
+  ASSERT_TRUE(c) << c.error().message;
+  EXPECT_EQ(c->server.event_ring, 100u);
+  EXPECT_EQ(c->server.event_queue, 10u);
+  EXPECT_EQ(c->server.status_interval, 250ms);
+  EXPECT_EQ(c->alerts.interval, 2s);
+  EXPECT_EQ(c->alerts.webhooks.size(), 2u);
+  EXPECT_EQ(c->alerts.webhook_attempts, 3);
+  EXPECT_EQ(c->alerts.rules.at("queue_length").threshold, 20);
+  EXPECT_EQ(c->alerts.rules.at("queue_length").for_duration, std::chrono::minutes(1));
+  EXPECT_FALSE(c->alerts.rules.at("utilization").enabled);
+  EXPECT_EQ(c->pools[0].alert_thresholds.at("queue_length"), 50);
+  EXPECT_EQ(c->pools[0].alert_thresholds.at("unhealthy_sessions"), 0.5);
+
+  const std::string pool = "\n[pools.py]\ncommand = [\"w\"]\n";
+  const std::string open = "[server]\nauth = \"none\"\n";
+  EXPECT_NE(refusal(open + "[alerts.rules.queue_lenght]\nthreshold = 3\n" + pool).find("\"queue_lenght\" is not a rule"),
+            std::string::npos);
+  EXPECT_NE(refusal(open + "[alerts]\nwebhooks = [\"ftp://x\"]\n" + pool).find("alerts.webhooks"), std::string::npos);
+  EXPECT_NE(refusal(open + "[alerts.rules.queue_length]\nthreshold = \"high\"\n" + pool).find("must be a number"),
+            std::string::npos);
+  EXPECT_NE(refusal(open + pool + "alert_thresholds = { nope = 1 }\n").find("\"nope\" is not a rule"), std::string::npos);
+  EXPECT_NE(refusal("[server]\nauth = \"none\"\nevent_heartbeat = \"10ms\"\n" + pool).find("at least 1s"), std::string::npos);
+  EXPECT_NE(refusal(open + "[alerts]\ninterval = \"1ms\"\n" + pool).find("at least 100ms"), std::string::npos);
 }
 
 }  // namespace

@@ -1,0 +1,400 @@
+#include "server/alerting.h"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+
+#include "drivers/remote/rest_client.h"
+#include "server/ledger.h"
+#include "store/store.h"
+
+namespace poolkeeper::server {
+namespace {
+
+namespace asio = boost::asio;
+namespace json = boost::json;
+using namespace std::chrono_literals;
+
+constexpr Duration kFailureWindow = std::chrono::minutes(5);
+constexpr int kUnhealthyBelow = 50;  // a session's health score below this counts as unhealthy
+
+double seconds_of(Duration d) { return std::chrono::duration<double>(d).count(); }
+
+std::int64_t wall_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(real_clock().wall_now().time_since_epoch()).count();
+}
+
+// What GET /v1/alerts lists and the webhooks receive.
+struct Change {
+  std::int64_t at_ms = 0;
+  std::string rule;
+  std::string subject;
+  std::string state;  // "firing", "resolved"
+  double value = 0;
+  std::optional<double> threshold;  // unknown for history from before a restart
+  std::string message;
+};
+
+json::object change_json(const Change& c) {
+  return json::object{{"at", runtime::utc_text(WallTime(std::chrono::milliseconds(c.at_ms)))},
+                      {"rule", c.rule},
+                      {"subject", c.subject},
+                      {"state", c.state},
+                      {"value", c.value},
+                      {"threshold", c.threshold ? json::value(*c.threshold) : json::value(nullptr)},
+                      {"message", c.message}};
+}
+
+}  // namespace
+
+struct Alerting::State : std::enable_shared_from_this<Alerting::State> {
+  struct Pool {
+    std::shared_ptr<runtime::PoolRunner> runner;
+    bool asked = false;           // a snapshot request is outstanding
+    TimePoint asked_at{};
+    TimePoint answered_at{};
+    bool fresh = false;           // answered in this round
+    runtime::PoolSnapshot latest{};
+    std::deque<std::tuple<TimePoint, std::uint64_t, std::uint64_t>> starts{};  // (at, created, failed)
+  };
+  struct Webhook {
+    std::string url;
+    std::deque<std::string> outbox;
+    std::unique_ptr<asio::steady_timer> wake;
+    bool backing_off = false;  // waiting before a retry
+  };
+
+  State(asio::any_io_executor ex, const DaemonConfig& config, std::vector<std::shared_ptr<runtime::PoolRunner>> runners,
+        Parts p)
+      : control(ex), settings(config.alerts), parts(p), engine(rules_of(config)), round_timer(ex), gather(ex) {
+    for (const PoolEntry& e : config.pools) {
+      for (const auto& [rule, threshold] : e.alert_thresholds) engine.set_threshold(rule, e.pool.name, threshold);
+    }
+    for (auto& r : runners) pools.push_back(Pool{.runner = std::move(r)});
+    for (const std::string& url : settings.webhooks) {
+      webhooks.push_back(std::make_unique<Webhook>(Webhook{url, {}, std::make_unique<asio::steady_timer>(ex), false}));
+    }
+    if (parts.store != nullptr) {
+      if (auto saved = parts.store->recent_alerts(settings.history)) {
+        for (const store::AlertRecord& r : *saved) {
+          history.push_back({r.at_ms, r.rule, r.pool, r.state, r.value, std::nullopt, r.message});
+        }
+      }
+    }
+    last_round = real_clock().now();
+  }
+
+  static std::vector<monitor::AlertRule> rules_of(const DaemonConfig& config) {
+    std::vector<monitor::AlertRule> rules;
+    for (monitor::AlertRule r : monitor::builtin_rules()) {
+      if (auto it = config.alerts.rules.find(r.name); it != config.alerts.rules.end()) {
+        if (!it->second.enabled) continue;
+        if (it->second.threshold) r.threshold = *it->second.threshold;
+        if (it->second.for_duration) r.for_duration = *it->second.for_duration;
+      }
+      rules.push_back(std::move(r));
+    }
+    return rules;
+  }
+
+  asio::any_io_executor control;
+  AlertsConfig settings;
+  Parts parts;
+  monitor::AlertEngine engine;  // the control strand's
+  std::vector<Pool> pools;      // the control strand's
+  asio::steady_timer round_timer;
+  asio::steady_timer gather;
+  std::uint64_t round = 0;
+  int waiting = 0;
+  bool stopped = false;
+  std::vector<std::unique_ptr<Webhook>> webhooks;
+  std::unique_ptr<drivers::RestClient> client;
+
+  // Shared with other threads.
+  mutable std::mutex mu;
+  std::map<std::string, std::uint64_t> over_memory;  // pool -> sessions over their memory limit since the last round
+  std::deque<Change> history;
+  std::vector<monitor::ActiveAlert> active;
+  TimePoint last_round{};
+  std::vector<std::pair<std::string, TimePoint>> silent_since;  // pools with an unanswered request
+  std::uint64_t sent = 0, failed = 0, dropped = 0;
+
+  void start() {
+    auto c = drivers::RestClient::create({});
+    if (c) {
+      client = std::move(*c);
+    } else if (!webhooks.empty()) {
+      parts.log->write(runtime::LogLevel::kError, "alert webhooks disabled", {{"why", c.error()}});
+      webhooks.clear();
+    }
+    auto self = shared_from_this();
+    asio::co_spawn(control, rounds(self), asio::detached);
+    for (auto& w : webhooks) asio::co_spawn(control, send_loop(self, w.get()), asio::detached);
+  }
+
+  void stop() {
+    stopped = true;
+    round_timer.cancel();
+    gather.cancel();
+    std::size_t waiting_deliveries = 0;
+    for (auto& w : webhooks) {
+      waiting_deliveries += w->outbox.size();
+      w->wake->cancel();
+    }
+    if (waiting_deliveries > 0) {
+      parts.log->write(runtime::LogLevel::kWarn, "alert webhooks not delivered at shutdown",
+                       {{"deliveries", std::to_string(waiting_deliveries)}});
+      std::lock_guard lock(mu);
+      dropped += waiting_deliveries;
+    }
+  }
+
+  static asio::awaitable<void> rounds(std::shared_ptr<State> self) {
+    while (!self->stopped) {
+      self->round_timer.expires_after(self->settings.interval);
+      (void)co_await self->round_timer.async_wait(asio::as_tuple(asio::use_awaitable));
+      if (self->stopped) break;
+      auto running = self->run_round();
+      co_await std::move(running);
+    }
+  }
+
+  asio::awaitable<void> run_round() {
+    const std::uint64_t this_round = ++round;
+    waiting = 0;
+    for (std::size_t i = 0; i < pools.size(); ++i) {
+      Pool& p = pools[i];
+      if (p.asked) continue;  // still silent since an earlier round
+      p.asked = true;
+      p.asked_at = real_clock().now();
+      ++waiting;
+      p.runner->snapshot(asio::bind_executor(control, [self = shared_from_this(), i, this_round](runtime::PoolSnapshot s) {
+        Pool& q = self->pools[i];
+        q.asked = false;
+        q.answered_at = real_clock().now();
+        q.latest = std::move(s);
+        q.fresh = true;
+        if (self->round == this_round && --self->waiting == 0) self->gather.cancel();
+      }));
+    }
+    if (waiting > 0) {
+      gather.expires_after(std::min<Duration>(1s, settings.interval));
+      (void)co_await gather.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+    if (stopped) co_return;
+    const TimePoint now = real_clock().now();
+    std::vector<monitor::AlertSample> samples;
+    std::map<std::string, std::uint64_t> over;
+    {
+      std::lock_guard lock(mu);
+      over.swap(over_memory);
+    }
+    std::vector<std::pair<std::string, TimePoint>> silent;
+    for (Pool& p : pools) {
+      const std::string& name = p.runner->name();
+      samples.push_back({"scheduler_stalled", name, p.asked ? seconds_of(now - p.asked_at) : 0.0});
+      if (p.asked) silent.emplace_back(name, p.asked_at);
+      if (!p.fresh) continue;  // no answer: no other measurement this round
+      p.fresh = false;
+      pool_samples(p, now, over[name], samples);
+    }
+    if (parts.ledger != nullptr) {
+      for (auto& [subject, share] : parts.ledger->budget_usage()) samples.push_back({"budget_consumed", subject, share});
+    }
+    const std::vector<monitor::AlertChange> changes = engine.observe(now, samples);
+    {
+      std::lock_guard lock(mu);
+      active = engine.active();
+      last_round = now;
+      silent_since = std::move(silent);
+    }
+    for (const monitor::AlertChange& c : changes) deliver(c);
+  }
+
+  void pool_samples(Pool& p, TimePoint now, std::uint64_t over_memory_count, std::vector<monitor::AlertSample>& out) {
+    const std::string& name = p.runner->name();
+    const PoolStats& st = p.latest.stats;
+    out.push_back({"queue_length", name, static_cast<double>(st.queue_length)});
+    out.push_back({"queue_wait", name,
+                   st.oldest_waiting_since == TimePoint::max() ? 0.0
+                                                               : seconds_of(std::max<Duration>(now - st.oldest_waiting_since, {}))});
+    const int idle = st.sessions_by_state[static_cast<int>(SessionState::kIdle)];
+    const int leased = st.sessions_by_state[static_cast<int>(SessionState::kLeased)];
+    out.push_back({"utilization", name, idle + leased == 0 ? 0.0 : static_cast<double>(leased) / (idle + leased)});
+    const auto& sessions = p.latest.sessions;
+    const auto unhealthy = std::count_if(sessions.begin(), sessions.end(),
+                                         [](const runtime::SessionView& v) { return v.info.health < kUnhealthyBelow; });
+    out.push_back({"unhealthy_sessions", name,
+                   sessions.empty() ? 0.0 : static_cast<double>(unhealthy) / static_cast<double>(sessions.size())});
+    // Start failures over the last five minutes (what the counters moved by).
+    p.starts.emplace_back(now, st.sessions_created, st.start_failures);
+    while (p.starts.size() > 1 && std::get<0>(p.starts[1]) <= now - kFailureWindow) p.starts.pop_front();
+    const auto& [at0, created0, failed0] = p.starts.front();
+    (void)at0;
+    const double created = static_cast<double>(st.sessions_created - created0);
+    const double failed_starts = static_cast<double>(st.start_failures - failed0);
+    out.push_back({"start_failure_rate", name,
+                   created + failed_starts == 0 ? 0.0 : failed_starts / (created + failed_starts)});
+    out.push_back({"client_sessions", name, static_cast<double>(st.client_sessions_active)});
+    out.push_back({"memory_over_limit", name, static_cast<double>(over_memory_count)});
+  }
+
+  void deliver(const monitor::AlertChange& c) {
+    const Change change{wall_ms(), c.rule, c.subject, c.firing ? "firing" : "resolved", c.value, c.threshold, c.message};
+    parts.log->write(c.firing ? runtime::LogLevel::kWarn : runtime::LogLevel::kInfo,
+                     c.firing ? "alert firing" : "alert resolved",
+                     {{"rule", c.rule}, {"subject", c.subject}, {"message", c.message}});
+    json::object o = change_json(change);
+    if (parts.bus != nullptr) {
+      json::object fields = o;
+      fields.erase("at");
+      std::string text = json::serialize(fields);
+      const bool is_pool = std::any_of(pools.begin(), pools.end(), [&](const Pool& p) { return p.runner->name() == c.subject; });
+      parts.bus->publish(c.firing ? "alert_firing" : "alert_resolved", is_pool ? c.subject : "",
+                         std::string_view(text).substr(1, text.size() - 2));
+    }
+    if (parts.store != nullptr) {
+      parts.store->write({store::AlertRecord{.at_ms = change.at_ms,
+                                             .rule = c.rule,
+                                             .pool = c.subject,
+                                             .state = change.state,
+                                             .value = c.value,
+                                             .message = c.message}},
+                         [log = parts.log](std::expected<void, Error> r) {
+                           if (!r) log->write(runtime::LogLevel::kError, "store write failed", {{"why", r.error().message}});
+                         });
+    }
+    {
+      std::lock_guard lock(mu);
+      history.push_back(change);
+      while (history.size() > settings.history) history.pop_front();
+    }
+    const std::string payload = json::serialize(o);
+    for (auto& w : webhooks) {
+      if (w->outbox.size() >= settings.outbox) {
+        w->outbox.pop_front();
+        parts.log->write(runtime::LogLevel::kWarn, "alert webhook outbox full: the oldest delivery dropped",
+                         {{"url", w->url}});
+        std::lock_guard lock(mu);
+        ++dropped;
+      }
+      w->outbox.push_back(payload);
+      if (!w->backing_off) w->wake->cancel();
+    }
+  }
+
+  static asio::awaitable<void> send_loop(std::shared_ptr<State> self, Webhook* w) {
+    int attempts = 0;
+    while (!self->stopped) {
+      if (w->outbox.empty()) {
+        w->wake->expires_at(asio::steady_timer::time_point::max());
+        (void)co_await w->wake->async_wait(asio::as_tuple(asio::use_awaitable));
+        continue;
+      }
+      const std::string payload = w->outbox.front();
+      auto calling = self->client->call({.method = "POST",
+                                         .url = w->url,
+                                         .headers = {{"Content-Type", "application/json"}},
+                                         .body = payload,
+                                         .timeout = self->settings.webhook_timeout});
+      auto answer = co_await std::move(calling);
+      if (self->stopped) break;
+      const int status = answer ? answer->status : 0;
+      const bool ok = status >= 200 && status < 300;
+      const bool final_refusal = status >= 400 && status < 500 && status != 408 && status != 429;
+      ++attempts;
+      if (ok || final_refusal || attempts >= self->settings.webhook_attempts) {
+        if (!w->outbox.empty() && w->outbox.front() == payload) w->outbox.pop_front();
+        {
+          std::lock_guard lock(self->mu);
+          ++(ok ? self->sent : self->failed);
+        }
+        if (!ok) {
+          self->parts.log->write(runtime::LogLevel::kWarn, "alert webhook gave up",
+                                 {{"url", w->url},
+                                  {"attempts", std::to_string(attempts)},
+                                  {"why", answer ? "HTTP " + std::to_string(status) : answer.error().message}});
+        }
+        attempts = 0;
+        continue;
+      }
+      const Duration backoff = std::min<Duration>(std::chrono::seconds(1) * (1 << std::min(attempts - 1, 6)), 60s);
+      self->parts.log->write(runtime::LogLevel::kInfo, "alert webhook failed; retrying",
+                             {{"url", w->url},
+                              {"attempt", std::to_string(attempts)},
+                              {"why", answer ? "HTTP " + std::to_string(status) : answer.error().message}});
+      // New deliveries do not cut the pause short; stop() does.
+      w->backing_off = true;
+      w->wake->expires_after(backoff);
+      (void)co_await w->wake->async_wait(asio::as_tuple(asio::use_awaitable));
+      w->backing_off = false;
+    }
+  }
+};
+
+Alerting::Alerting(asio::any_io_executor control, const DaemonConfig& config,
+                   std::vector<std::shared_ptr<runtime::PoolRunner>> runners, Parts parts)
+    : state_(std::make_shared<State>(control, config, std::move(runners), parts)) {}
+
+Alerting::~Alerting() = default;
+
+void Alerting::start() { state_->start(); }
+
+void Alerting::stop() { state_->stop(); }
+
+void Alerting::on_event(const std::string& pool, const core::Event& event) {
+  if (event.type != core::EventType::kSessionOverLimit || event.reason != StopReason::kMemoryLimit) return;
+  std::lock_guard lock(state_->mu);
+  ++state_->over_memory[pool];
+}
+
+json::object Alerting::report() const {
+  std::lock_guard lock(state_->mu);
+  json::array rules;
+  for (const monitor::AlertRule& r : state_->engine.rules()) {
+    rules.push_back(json::object{{"name", r.name},
+                                 {"description", r.description},
+                                 {"threshold", r.threshold},
+                                 {"for_ms", std::chrono::duration_cast<std::chrono::milliseconds>(r.for_duration).count()}});
+  }
+  json::array active;
+  const TimePoint now = real_clock().now();
+  for (const monitor::ActiveAlert& a : state_->active) {
+    active.push_back(json::object{
+        {"rule", a.rule},
+        {"subject", a.subject},
+        {"state", a.state == monitor::AlertState::kFiring ? "firing" : "pending"},
+        {"value", a.value},
+        {"threshold", a.threshold},
+        {"since", runtime::utc_text(real_clock().wall_now() - (now - a.since))}});
+  }
+  json::array history;
+  for (auto it = state_->history.rbegin(); it != state_->history.rend(); ++it) history.push_back(change_json(*it));
+  return json::object{{"active", std::move(active)},
+                      {"history", std::move(history)},
+                      {"rules", std::move(rules)},
+                      {"webhooks", json::object{{"urls", state_->webhooks.size()},
+                                                {"delivered", state_->sent},
+                                                {"failed", state_->failed},
+                                                {"dropped", state_->dropped}}}};
+}
+
+std::vector<std::string> Alerting::stalled(TimePoint now) const {
+  std::lock_guard lock(state_->mu);
+  std::vector<std::string> out;
+  for (const auto& [pool, since] : state_->silent_since) {
+    if (now - since >= state_->settings.stall_after) out.push_back(pool);
+  }
+  if (now - state_->last_round >= state_->settings.interval + state_->settings.stall_after) out.push_back("alerting");
+  return out;
+}
+
+}  // namespace poolkeeper::server
