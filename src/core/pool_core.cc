@@ -651,7 +651,9 @@ std::expected<AcquireOutcome, Error> PoolCore::acquire(const AcquireRequest& r, 
     ++counters_.rejections;
     return std::unexpected(Error(
         ErrorCode::kDeadlineUnreachable,
-        "predicted wait " + std::to_string(ns(estimate) / 1000000) + " ms exceeds the deadline",
+        "predicted wait " + std::to_string(ns(estimate) / 1000000) + " ms at queue position " +
+            std::to_string(position) + " exceeds the deadline (" + std::to_string(ns(r.deadline - now) / 1000000) +
+            " ms away)",
         std::max(std::chrono::milliseconds(1),
                  std::chrono::duration_cast<std::chrono::milliseconds>(estimate))));
   }
@@ -665,6 +667,27 @@ std::expected<AcquireOutcome, Error> PoolCore::acquire(const AcquireRequest& r, 
   o.queue_position = position;
   o.estimated_wait = estimate;
   return o;
+}
+
+std::vector<QueuedView> PoolCore::queue_view(TimePoint now) const {
+  std::vector<const Waiter*> waiting;
+  queue_.for_each([&](const Waiter& w) { waiting.push_back(&w); });
+  std::sort(waiting.begin(), waiting.end(), [](const Waiter* a, const Waiter* b) {
+    return a->key != b->key ? a->key < b->key : a->seq < b->seq;
+  });
+  std::vector<QueuedView> out;
+  out.reserve(waiting.size());
+  for (const Waiter* w : waiting) {
+    const int position = static_cast<int>(out.size()) + 1;
+    out.push_back(QueuedView{
+        .position = position,
+        .priority = w->priority,
+        .waited = now - w->enqueued_at,
+        .deadline_in = w->deadline == TimePoint::max() ? Duration::max() : w->deadline - now,
+        .estimated_wait = predict_wait(position),
+        .owner = w->owner});
+  }
+  return out;
 }
 
 // The predicted wait of the waiter at `position` (1-based), 0 when the core

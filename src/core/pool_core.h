@@ -69,6 +69,16 @@ struct AcquireOutcome {
   Duration estimated_wait{0};     // when queued: the predicted wait, 0 when unknown
 };
 
+// A waiting acquire as the queue endpoint shows it.
+struct QueuedView {
+  int position = 0;              // 1: served next
+  int priority = 0;
+  Duration waited{0};
+  Duration deadline_in{0};       // Duration::max(): no deadline
+  Duration estimated_wait{0};    // the predicted wait from now, 0 when unknown
+  std::string owner{};
+};
+
 enum class ReleaseOutcome : std::uint8_t {
   kOk,      // the session is fine
   kError,   // the work failed; the session lost health but may be reused
@@ -226,6 +236,9 @@ class PoolCore {
 
   // --- observation ---
   PoolStats stats() const;
+  // The waiting acquires in the order they will be served, with the
+  // predicted wait of each (O(n log n)).
+  std::vector<QueuedView> queue_view(TimePoint now) const;
   std::vector<SessionInfo> sessions(TimePoint now) const;
   std::optional<SessionInfo> session(SessionId id, TimePoint now) const;
   int session_count() const { return live_ + closing_; }  // everything not yet stopped

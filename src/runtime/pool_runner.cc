@@ -56,6 +56,8 @@ struct PoolRunner::PendingAcquire {
   TimePoint called_at{};
   Handler<std::expected<LeaseGrant, Error>> handler;
   core::WaiterId waiter = 0;
+  int queue_position = 0;
+  Duration estimated_wait{0};
   bool answered = false;
   bool cancelled = false;  // cancelled before the strand saw it
 };
@@ -165,6 +167,8 @@ void PoolRunner::do_acquire(const std::shared_ptr<PendingAcquire>& p) {
     complete(std::move(p->handler), std::expected<LeaseGrant, Error>(std::move(g)));
   } else {
     p->waiter = r->waiter;
+    p->queue_position = r->queue_position;
+    p->estimated_wait = r->estimated_wait;
     waiters_.emplace(r->waiter, p);
   }
   apply(out);
@@ -177,6 +181,10 @@ void PoolRunner::answer(core::WaiterId waiter, std::expected<LeaseGrant, Error> 
   waiters_.erase(it);
   if (p->answered) return;
   p->answered = true;
+  if (result) {
+    result->queue_position = p->queue_position;
+    result->estimated_wait = p->estimated_wait;
+  }
   complete(std::move(p->handler), std::move(result));
 }
 

@@ -74,6 +74,8 @@ struct LeaseGrant {
   SessionId session = 0;
   TimePoint expires_at = TimePoint::max();
   std::string connect{};  // the driver's endpoint for the session, if any
+  int queue_position = 0;        // the place it was queued at (0: granted at once)
+  Duration estimated_wait{0};    // the wait predicted then (0: unknown or none)
 };
 
 struct SessionView {

@@ -549,6 +549,28 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
       co_return json_response(200, json::object{{"pool", name}, {"sessions", std::move(list)}});
     }
 
+    // GET /v1/pools/{pool}/queue: the waiting acquires, in serving order.
+    if (action == "queue") {
+      if (m != "GET") co_return method_not_allowed();
+      std::function<std::vector<core::QueuedView>(core::PoolCore&, TimePoint, core::Output&)> view =
+          [](core::PoolCore& core, TimePoint now, core::Output&) { return core.queue_view(now); };
+      auto viewing = runner.with_core(std::move(view), asio::use_awaitable);
+      const std::vector<core::QueuedView> queued = co_await std::move(viewing);
+      json::array list;
+      for (const core::QueuedView& q : queued) {
+        json::object o{{"position", q.position},
+                       {"priority", q.priority},
+                       {"waited_ms", ms(q.waited)},
+                       {"deadline_in_ms", q.deadline_in == Duration::max() ? json::value(nullptr)
+                                                                           : json::value(ms(q.deadline_in))},
+                       {"estimated_wait_ms", ms(q.estimated_wait)}};
+        // Another tenant's acquires are shown, not whose they are.
+        if (!owner || q.owner == *owner) o["owner"] = owner ? std::string_view(caller.tenant) : std::string_view(q.owner);
+        list.push_back(std::move(o));
+      }
+      co_return json_response(200, json::object{{"pool", name}, {"length", queued.size()}, {"waiters", std::move(list)}});
+    }
+
     if (m != "POST") co_return method_not_allowed();
     auto body = parse_body(req.body, depth);
     if (!body) co_return bad_request(body.error());
@@ -598,7 +620,9 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
                      {"pool", name},
                      {"session", grant->session},
                      {"expires_at", wall_json(grant->expires_at)},
-                     {"connect", grant->connect}};
+                     {"connect", grant->connect},
+                     {"queue_position", grant->queue_position},
+                     {"estimated_wait_ms", ms(grant->estimated_wait)}};
       Response granted = json_response(201, o);
       granted.undelivered = std::move(give_back);
       co_return granted;

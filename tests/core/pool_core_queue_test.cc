@@ -273,13 +273,33 @@ TEST_F(PoolCoreTest, RejectsEarlyWhenPredictedWaitExceedsDeadline) {
   ASSERT_FALSE(r.has_value()) << "queued although a ~10 s wait cannot meet a 100 ms deadline";
   EXPECT_EQ(r.error().code, ErrorCode::kDeadlineUnreachable);
   EXPECT_GT(r.error().retry_after, milliseconds(0));
+  EXPECT_NE(r.error().message.find("at queue position 1 exceeds the deadline (100 ms away)"), std::string::npos)
+      << r.error().message;
   EXPECT_EQ(h.core().queue_length(), 0);
   EXPECT_GE(h.stats().rejections, 1u);
 
   auto ok = h.acquire_within(hours(1));
   ASSERT_TRUE(ok.has_value()) << ok.error().message;
   EXPECT_FALSE(ok->granted);
+  EXPECT_EQ(ok->queue_position, 1);
   EXPECT_GT(ok->estimated_wait, Duration{0});
+  h.clock.advance(seconds(1));
+  auto second = h.acquire_within(hours(2));
+  ASSERT_TRUE(second.has_value()) << second.error().message;
+  EXPECT_EQ(second->queue_position, 2);
+  EXPECT_GT(second->estimated_wait, ok->estimated_wait);
+
+  // The queue as the API shows it: serving order, waits so far, deadlines, predictions.
+  h.clock.advance(seconds(1));
+  const auto view = h.core().queue_view(h.clock.now());
+  ASSERT_EQ(view.size(), 2u);
+  EXPECT_EQ(view[0].position, 1);
+  EXPECT_EQ(view[0].waited, seconds(2));
+  EXPECT_EQ(view[0].deadline_in, hours(1) - seconds(2));
+  EXPECT_EQ(view[0].estimated_wait, ok->estimated_wait);
+  EXPECT_EQ(view[1].position, 2);
+  EXPECT_EQ(view[1].waited, seconds(1));
+  EXPECT_EQ(view[1].estimated_wait, second->estimated_wait);
 }
 
 // Verifies that a core that has learned nothing never rejects early.

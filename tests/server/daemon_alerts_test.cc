@@ -1,6 +1,7 @@
-// Alerts through the daemon: a queue that backs up fires queue_length, which
-// reaches a webhook (retried after the receiver fails once), the event
-// stream and GET /v1/alerts; once the queue empties it resolves.
+// Alerts through the daemon: a queue that backs up (seen on the queue
+// endpoint, and in each grant's queue position) fires queue_length, which
+// reaches a webhook (retried after the receiver fails once) and GET
+// /v1/alerts; once the queue empties it resolves.
 #include <gtest/gtest.h>
 
 #include <arpa/inet.h>
@@ -157,14 +158,24 @@ TEST(DaemonAlertsTest, ABackedUpQueueFiresAWebhookAndResolvesOnceItEmpties) {
   // Three wait (above the pool's own threshold of 2; the rule's is 5).
   std::vector<std::jthread> waiters;  // joined however the test ends
   std::atomic<int> served{0};
+  std::atomic<int> positions{0};  // the sum of the places they were queued at: 1 + 2 + 3
   for (int i = 0; i < 3; ++i) {
-    waiters.emplace_back([port, &served] {
+    waiters.emplace_back([port, &served, &positions] {
       HttpClient w(port);
       HttpResult r = w.request("POST", "/v1/pools/p/leases", R"({"timeout_ms": 60000})");
-      if (r.status == 201 && w.request("DELETE", "/v1/leases/" + std::string(r.json().at("lease").as_string())).status == 200) {
+      if (r.status != 201) return;
+      positions += static_cast<int>(r.json().at("queue_position").as_int64());
+      if (w.request("DELETE", "/v1/leases/" + std::string(r.json().at("lease").as_string())).status == 200) {
         ++served;
       }
     });
+  }
+  // The queue endpoint shows them in serving order.
+  ASSERT_TRUE(wait_until([&] { return c.request("GET", "/v1/pools/p/queue").json().at("length") == 3; }, 30s));
+  const json::value queue = c.request("GET", "/v1/pools/p/queue").json();
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(queue.at("waiters").at(static_cast<std::size_t>(i)).at("position").as_int64(), i + 1) << queue;
+    EXPECT_LE(queue.at("waiters").at(static_cast<std::size_t>(i)).at("deadline_in_ms").as_int64(), 60000);
   }
   ASSERT_TRUE(wait_until([&] { return receiver.accepted().size() == 1; }, 60s)) << receiver.attempts();
   const json::object fired = receiver.accepted()[0];
@@ -192,6 +203,7 @@ TEST(DaemonAlertsTest, ABackedUpQueueFiresAWebhookAndResolvesOnceItEmpties) {
   ASSERT_EQ(c.request("DELETE", "/v1/leases/" + std::string(held.json().at("lease").as_string())).status, 200);
   for (auto& t : waiters) t.join();  // each was served once the held lease came back
   EXPECT_EQ(served.load(), 3);
+  EXPECT_EQ(positions.load(), 6);
   ASSERT_TRUE(wait_until([&] { return receiver.accepted().size() == 2; }, 60s));
   EXPECT_EQ(receiver.accepted()[1].at("state").as_string(), "resolved");
   const json::value after = c.request("GET", "/v1/alerts").json();
