@@ -8,11 +8,13 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <boost/json.hpp>
 
 #include <atomic>
+#include <filesystem>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -215,6 +217,73 @@ TEST(DaemonAlertsTest, ABackedUpQueueFiresAWebhookAndResolvesOnceItEmpties) {
   EXPECT_TRUE(wait_until([&] {
     return c.request("GET", "/v1/alerts").json().at("webhooks").at("delivered").to_number<int>() == 2;
   }, 60s));
+}
+
+TEST(DaemonAlertsTest, TheHistoryIsKeptInTheStoreAcrossARestart) {
+  std::string dir = ::testing::TempDir() + "/poolkeeper-alerts-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir.data()), nullptr);
+  const std::string config = R"(
+[server]
+listen = "127.0.0.1:0"
+auth = "none"
+shutdown_grace = "1s"
+
+[store]
+path = ")" + dir + R"(/poolkeeper.db"
+
+[alerts]
+interval = "200ms"
+
+[alerts.rules.queue_length]
+threshold = 0
+for = "0s"
+
+[alerts.rules.utilization]
+enabled = false
+
+[pools.p]
+command = [")" + std::string(POOLKEEPER_TEST_WORKER) + R"("]
+min = 1
+max = 1
+stop_grace = "200ms"
+kill_after = "200ms"
+)";
+  auto history = [](HttpClient& c) { return c.request("GET", "/v1/alerts").json().at("history").as_array(); };
+  {
+    DaemonProcess daemon(config);
+    const std::uint16_t port = daemon.port();
+    ASSERT_NE(port, 0);
+    HttpClient c(port);
+    ASSERT_TRUE(wait_until([&] { return c.request("GET", "/health").status == 200; }, 30s));
+    HttpResult held = c.request("POST", "/v1/pools/p/leases", R"({"timeout_ms": 30000})");
+    ASSERT_EQ(held.status, 201) << held.body;
+    std::jthread waiter([port] {
+      HttpClient w(port);
+      HttpResult r = w.request("POST", "/v1/pools/p/leases", R"({"timeout_ms": 60000})");
+      if (r.status == 201) w.request("DELETE", "/v1/leases/" + std::string(r.json().at("lease").as_string()));
+    });
+    ASSERT_TRUE(wait_until([&] { return history(c).size() == 1; }, 60s));
+    ASSERT_EQ(c.request("DELETE", "/v1/leases/" + std::string(held.json().at("lease").as_string())).status, 200);
+    waiter.join();
+    ASSERT_TRUE(wait_until([&] { return history(c).size() == 2; }, 60s));
+    daemon.signal(SIGTERM);
+    ASSERT_EQ(daemon.wait_exit(60s), 0);
+  }
+  DaemonProcess again(config);
+  const std::uint16_t port = again.port();
+  ASSERT_NE(port, 0);
+  HttpClient c(port);
+  const json::array kept = history(c);
+  ASSERT_EQ(kept.size(), 2u) << json::serialize(kept);
+  EXPECT_EQ(kept[0].at("state").as_string(), "resolved");  // newest first
+  EXPECT_EQ(kept[1].at("state").as_string(), "firing");
+  EXPECT_EQ(kept[1].at("rule").as_string(), "queue_length");
+  EXPECT_EQ(kept[1].at("subject").as_string(), "p");
+  EXPECT_TRUE(kept[1].at("threshold").is_null());  // the table keeps value and message
+  again.signal(SIGTERM);
+  EXPECT_EQ(again.wait_exit(60s), 0);
+  std::error_code ignored;
+  std::filesystem::remove_all(dir, ignored);
 }
 
 }  // namespace
