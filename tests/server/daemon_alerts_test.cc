@@ -112,7 +112,11 @@ class WebhookReceiver {
   std::thread thread_;
 };
 
-std::string config_text(const std::string& webhook) {
+// A pool of one session whose queue_length rule fires at once above
+// `threshold`; `store` and `alerts_extra` are added to their sections and
+// `pool_extra` to the pool's.
+std::string config_text(const std::string& store, int threshold, const std::string& alerts_extra = {},
+                        const std::string& pool_extra = {}) {
   return R"(
 [server]
 listen = "127.0.0.1:0"
@@ -120,15 +124,14 @@ auth = "none"
 shutdown_grace = "1s"
 
 [store]
-enabled = false
+)" + store + R"(
 
 [alerts]
 interval = "200ms"
-webhooks = [")" + webhook + R"("]
-webhook_timeout = "5s"
+)" + alerts_extra + R"(
 
 [alerts.rules.queue_length]
-threshold = 5
+threshold = )" + std::to_string(threshold) + R"(
 for = "0s"
 
 [alerts.rules.utilization]
@@ -140,13 +143,14 @@ min = 1
 max = 1
 stop_grace = "200ms"
 kill_after = "200ms"
-alert_thresholds = { queue_length = 2 }
-)";
+)" + pool_extra + "\n";
 }
 
 TEST(DaemonAlertsTest, ABackedUpQueueFiresAWebhookAndResolvesOnceItEmpties) {
   WebhookReceiver receiver({500});  // the first delivery fails: retried
-  DaemonProcess daemon(config_text(receiver.url()));
+  DaemonProcess daemon(config_text("enabled = false", 5,
+                                   "webhooks = [\"" + receiver.url() + "\"]\nwebhook_timeout = \"5s\"",
+                                   "alert_thresholds = { queue_length = 2 }"));
   const std::uint16_t port = daemon.port();
   ASSERT_NE(port, 0);
   HttpClient c(port);
@@ -222,32 +226,7 @@ TEST(DaemonAlertsTest, ABackedUpQueueFiresAWebhookAndResolvesOnceItEmpties) {
 TEST(DaemonAlertsTest, TheHistoryIsKeptInTheStoreAcrossARestart) {
   std::string dir = ::testing::TempDir() + "/poolkeeper-alerts-XXXXXX";
   ASSERT_NE(::mkdtemp(dir.data()), nullptr);
-  const std::string config = R"(
-[server]
-listen = "127.0.0.1:0"
-auth = "none"
-shutdown_grace = "1s"
-
-[store]
-path = ")" + dir + R"(/poolkeeper.db"
-
-[alerts]
-interval = "200ms"
-
-[alerts.rules.queue_length]
-threshold = 0
-for = "0s"
-
-[alerts.rules.utilization]
-enabled = false
-
-[pools.p]
-command = [")" + std::string(POOLKEEPER_TEST_WORKER) + R"("]
-min = 1
-max = 1
-stop_grace = "200ms"
-kill_after = "200ms"
-)";
+  const std::string config = config_text("path = \"" + dir + "/poolkeeper.db\"", 0);
   auto history = [](HttpClient& c) { return c.request("GET", "/v1/alerts").json().at("history").as_array(); };
   {
     DaemonProcess daemon(config);
