@@ -31,6 +31,14 @@
 # survive the daemon, not the machine). Prints medians and each one's ratio to the
 # store-off daemon, and the store's transactions and records per second.
 #
+#   scripts/bench_http.sh --events [--runs 3] [--duration 10] [--connections "16 64"]
+#
+# What the live event stream costs the pools: the same lease + release load
+# (64 sessions, the store off) against one daemon with no one on /v1/events,
+# with a client reading every event (curl -N), and with a client that never
+# reads (a small receive window: dropped once event_queue events behind).
+# Prints medians and each one's ratio to the daemon with no subscriber.
+#
 # Everything started here is stopped on exit, Ctrl-C included. --keep DIR
 # keeps the daemon's log, the config and wrk's raw output there.
 set -euo pipefail
@@ -42,6 +50,7 @@ connections="1 16 64 256"
 sessions=300
 waiters=0
 ledger=0
+events=0
 rounds=1
 build=1
 keep=""
@@ -56,6 +65,7 @@ while (($#)); do
     --waiters) waiters="${2:?--waiters needs a value}"; shift 2 ;;
     --rounds) rounds="${2:?--rounds needs a value}"; shift 2 ;;
     --ledger) ledger=1; shift ;;
+    --events) events=1; shift ;;
     --no-build) build=0; shift ;;
     --keep) keep="${2:?--keep needs a value}"; shift 2 ;;
     -h|--help) usage ;;
@@ -322,6 +332,83 @@ EOF
   python3 "$root/bench/http/ledger_table.py" "$results"
   echo
   cat "$tmp/store.txt"
+  exit 0
+fi
+
+# --- The event stream's cost ------------------------------------------------------
+
+if ((events)); then
+  [[ "$connections" == "1 16 64 256" ]] && connections="16 64"
+  results="$tmp/results.txt"
+  : >"$results"
+  echo "runs $runs, ${duration} s each, connections: $connections; $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+  cat >"$tmp/poolkeeper.toml" <<EOF
+[server]
+listen = "127.0.0.1:0"
+auth = "none"
+shutdown_grace = "2s"
+
+[store]
+enabled = false
+
+[pools.echo]
+command = ["$bin/poolkeeper-echo-worker"]
+min = 64
+max = 64
+max_queue = 100000
+lease_timeout = "10s"
+EOF
+  start_daemon
+  events_url="http://127.0.0.1:$daemon_port/v1/events"
+  subscribers() { curl -s --max-time 5 "http://127.0.0.1:$daemon_port/metrics" | awk '$1 == "poolkeeper_event_subscribers" {print $2}'; }
+  has_one() { [[ "$(subscribers)" == 1 ]]; }
+  for ((run = 1; run <= runs; run++)); do
+    for mode in none reading stalled; do
+      subscriber=""
+      case "$mode" in
+        reading)
+          curl -sN "$events_url" >/dev/null &
+          subscriber=$! ;;
+        stalled)
+          python3 -c '
+import socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s.connect(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"GET /v1/events HTTP/1.1\r\nHost: bench\r\n\r\n")
+while True:
+    time.sleep(3600)
+' "$daemon_port" &
+          subscriber=$! ;;
+      esac
+      if [[ -n "$subscriber" ]]; then
+        started+=("$subscriber")
+        poll 30 has_one || { echo "bench_http.sh: the $mode subscriber did not connect" >&2; exit 1; }
+      fi
+      for c in $connections; do
+        out="$tmp/wrk-$mode-$run-$c.txt"
+        run_child wrk -t $((c < 2 ? c : 2)) -c "$c" -d "${duration}s" --timeout 10s --latency \
+          -s "$root/bench/http/lease.lua" "http://127.0.0.1:$daemon_port" -- echo "$tmp/leftover.txt" \
+          >"$out" 2>&1 || { echo "bench_http.sh: wrk failed:" >&2; cat "$out" >&2; exit 1; }
+        line="$(grep -m1 '^result ' "$out" || true)"
+        [[ -n "$line" ]] || { echo "bench_http.sh: no result from wrk:" >&2; cat "$out" >&2; exit 1; }
+        echo "$run $c $mode ${line#result }" >>"$results"
+        printf '  run %d, %4d connections, events %-8s %s, %s subscriber(s) after\n' "$run" "$c" "$mode" \
+          "$(tr ' ' '\n' <<<"$line" | grep -E '^(rps|p50_us|p99_us|non2xx|socket_errors)=' | tr '\n' ' ')" \
+          "$(subscribers)" >&2
+        release_leftovers
+      done
+      if [[ -n "$subscriber" ]]; then stop_pid "$subscriber" 5; fi
+    done
+  done
+  dropped="$(curl -s --max-time 5 "http://127.0.0.1:$daemon_port/metrics" |
+    awk '$1 == "poolkeeper_event_subscribers_dropped_total" {print $2}')"
+  log_problems
+  stop_daemon
+  echo
+  python3 "$root/bench/http/ledger_table.py" --events "$results"
+  echo
+  echo "subscribers dropped as slow consumers: $dropped (the stalled one of each of the $runs runs)"
   exit 0
 fi
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Prints scripts/bench_http.sh --ledger's results as a markdown table.
+"""Prints scripts/bench_http.sh --ledger's (or --events') results as a markdown table.
 
-  ledger_table.py RESULTS
+  ledger_table.py [--events] RESULTS
 
 RESULTS has one line per wrk run: `RUN CONNECTIONS MODE` (off, on, priced, priced-normal)
 followed by the key=value fields of the scripts' `result` line
@@ -19,17 +19,24 @@ MODES = [("off", "store off"), ("on", "store on, no prices"), ("priced", "store 
          ("priced-normal", "priced, sync_to_disk = false")]
 
 
+EVENT_MODES = [("none", "no subscriber"), ("reading", "a subscriber reading every event"),
+               ("stalled", "a subscriber that never reads")]
+
+
 def main():
-    rows = read(sys.argv[1])
+    events = sys.argv[1] == "--events"
+    modes = EVENT_MODES if events else MODES
+    base_mode = modes[0][0]
+    rows = read(sys.argv[-1])
     runs = sorted({r["run"] for r in rows})
     print(f"Medians of {len(runs)} run(s); a cycle is an acquire and its release.")
     print()
-    print("| connections | daemon | req/s | / store off | cycles/s | p50 / p99 | errors |")
+    print(f"| connections | daemon | req/s | / {modes[0][1]} | cycles/s | p50 / p99 | errors |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     failed = False
     for c in sorted({r["connections"] for r in rows}):
         base = None
-        for mode, label in MODES:
+        for mode, label in modes:
             rs = [r for r in rows if r["connections"] == c and r["target"] == mode]
             if not rs:
                 continue
@@ -38,7 +45,7 @@ def main():
             p99 = statistics.median(float(r["p99_us"]) for r in rs)
             errors = sum(int(r["non2xx"]) + int(r["socket_errors"]) for r in rs)
             failed |= errors > 0
-            if mode == "off":
+            if mode == base_mode:
                 base = rps
             ratio = f"{rps / base:.2f}" if base else "-"
             print(f"| {c} | {label} | {rate(rps)} | {ratio} | {rate(rps / 2)} | "
