@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "testing/daemon_process.h"
+#include "testing/daemon_tenants.h"
 #include "testing/http_client.h"
 #include "testing/wait.h"
 
@@ -54,7 +55,7 @@ kill_after = "200ms"
 class SseClient {
  public:
   SseClient(std::uint16_t port, const std::string& target, const std::string& last_event_id = {},
-            int receive_buffer = 0)
+            int receive_buffer = 0, const std::string& token = {})
       : fd_(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
     if (receive_buffer > 0) ::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &receive_buffer, sizeof receive_buffer);
     sockaddr_in a{};
@@ -64,6 +65,7 @@ class SseClient {
     if (::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return;
     std::string request = "GET " + target + " HTTP/1.1\r\nHost: test\r\n";
     if (!last_event_id.empty()) request += "Last-Event-ID: " + last_event_id + "\r\n";
+    if (!token.empty()) request += "Authorization: Bearer " + token + "\r\n";
     request += "\r\n";
     (void)::send(fd_, request.data(), request.size(), MSG_NOSIGNAL);
   }
@@ -157,8 +159,8 @@ std::string acquire(HttpClient& c) {
   return r.status == 201 ? std::string(r.json().at("lease").as_string()) : std::string();
 }
 
-std::int64_t metric(HttpClient& c, const std::string& name) {
-  const std::string text = c.request("GET", "/metrics").body;
+std::int64_t metric(HttpClient& c, const std::string& name, const std::string& token = {}) {
+  const std::string text = c.request("GET", "/metrics", {}, token).body;
   const auto at = text.find("\n" + name + " ");
   return at == std::string::npos ? -1 : std::stoll(text.substr(at + name.size() + 2));
 }
@@ -297,6 +299,55 @@ TEST(DaemonEventsTest, WebSocketCarriesTheEventsAndClosesWithAReasonWhenTheDaemo
   EXPECT_EQ(std::string(ws.reason().reason.c_str()), "the daemon is stopping");
   EXPECT_EQ(types, std::vector<std::string>{"session_closed"});
   EXPECT_EQ(daemon.wait_exit(60s), 0);
+}
+
+TEST(DaemonEventsTest, ATenantHearsOnlyItsOwnPools) {
+  DaemonProcess daemon(R"(
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "1s"
+status_interval = 0
+
+[store]
+enabled = false
+
+[tenants.bob]
+token_env = "BOB_TOKEN"
+pools = ["a"]
+
+[tenants.root]
+token_env = "ROOT_TOKEN"
+admin = true
+
+[pools.a]
+command = [")" + std::string(POOLKEEPER_TEST_WORKER) + R"("]
+min = 1
+max = 1
+
+[pools.b]
+command = [")" + std::string(POOLKEEPER_TEST_WORKER) + R"("]
+min = 1
+max = 1
+)",
+                       token_env());
+  const std::uint16_t port = daemon.port();
+  ASSERT_NE(port, 0);
+  HttpClient c(port);
+  ASSERT_TRUE(wait_until([&] { return c.request("GET", "/health").status == 200; }, 30s));
+  EXPECT_EQ(c.request("GET", "/v1/events").status, 401);
+  EXPECT_EQ(c.request("GET", "/v1/events?pool=b", {}, kBob).error_code(), "unknown_pool");
+
+  SseClient bob(port, "/v1/events?type=lease_granted", {}, 0, kBob);
+  ASSERT_NE(bob.head().find("200 OK"), std::string::npos);
+  ASSERT_TRUE(wait_until([&] { return metric(c, "poolkeeper_event_subscribers", kRoot) == 1; }, 30s));
+  HttpResult on_b = c.request("POST", "/v1/pools/b/leases", R"({"timeout_ms": 30000})", kRoot);
+  ASSERT_EQ(on_b.status, 201) << on_b.body;
+  HttpResult on_a = c.request("POST", "/v1/pools/a/leases", R"({"timeout_ms": 30000})", kRoot);
+  ASSERT_EQ(on_a.status, 201) << on_a.body;
+  auto first = bob.next();
+  ASSERT_TRUE(first);
+  EXPECT_EQ(first->at("pool").as_string(), "a");  // pool b's lease came first, unseen
+  EXPECT_EQ(first->at("lease").as_string(), on_a.json().at("lease").as_string());
 }
 
 }  // namespace
