@@ -50,7 +50,8 @@ const std::vector<std::string>& event_types() {
   return types;
 }
 
-bool EventFilter::matches(std::string_view pool, std::string_view type) const {
+bool EventFilter::matches(std::string_view pool, std::string_view type, std::string_view audience) const {
+  if (!audience.empty() && !admin && audience != "tenant:" + tenant) return false;
   if (!pools.empty() && !pool.empty() && std::find(pools.begin(), pools.end(), pool) == pools.end()) {
     return false;
   }
@@ -144,20 +145,27 @@ std::shared_ptr<Subscription> EventBus::subscribe(EventFilter filter, std::optio
   std::vector<LiveEvent> replay;
   if (last_event_id) {
     const std::uint64_t oldest = ring_.empty() ? next_id_ : ring_[ring_head_].id;
-    if (*last_event_id + 1 < oldest) {
-      const std::string fields = "\"first\":" + std::to_string(*last_event_id + 1) +
-                                 ",\"last\":" + std::to_string(oldest - 1);
-      replay.push_back({0, "events_lost", "", compose(head(0, "events_lost", "", real_clock().wall_now()), fields)});
+    // An id past the last one given is not this bus's: everything kept.
+    const std::uint64_t after = *last_event_id >= next_id_ ? 0 : *last_event_id;
+    if (after + 1 < oldest) {
+      const std::string fields = after == 0 ? std::string("\"first\":null,\"last\":") + std::to_string(oldest - 1)
+                                            : "\"first\":" + std::to_string(after + 1) +
+                                                  ",\"last\":" + std::to_string(oldest - 1);
+      replay.push_back({0, "events_lost", "", compose(head(0, "events_lost", "", real_clock().wall_now()), fields), ""});
     }
     for (std::size_t i = 0; i < ring_.size(); ++i) {
       const LiveEvent& e = ring_[(ring_head_ + i) % ring_.size()];
-      if (e.id > *last_event_id && filter.matches(e.pool, e.type)) replay.push_back(e);
+      if (e.id > after && filter.matches(e.pool, e.type, e.audience)) replay.push_back(e);
     }
   }
   // The replay does not count against falling behind: the queue's bound is
   // on top of it.
   auto sub = std::make_shared<Subscription>(std::move(filter), options_.queue + replay.size());
   sub->pending_ = std::move(replay);
+  if (closed_) {
+    sub->ended_ = *closed_;
+    return sub;
+  }
   std::erase_if(subscribers_, [](const std::weak_ptr<Subscription>& w) { return w.expired(); });
   subscribers_.push_back(sub);
   return sub;
@@ -179,16 +187,18 @@ void EventBus::publish(std::string_view pool, const core::Event& event) {
   publish(core::to_string(event.type), pool, fields, true);
 }
 
-std::uint64_t EventBus::publish(std::string_view type, std::string_view pool, std::string_view fields, bool keep) {
+std::uint64_t EventBus::publish(std::string_view type, std::string_view pool, std::string_view fields, bool keep,
+                               std::string_view audience) {
   std::vector<std::shared_ptr<Subscription>> notify;  // to wake: new events, or dropped
   std::uint64_t id = 0;
   {
     std::lock_guard lock(mu_);
     id = keep ? next_id_++ : 0;
-    LiveEvent e{id, std::string(type), std::string(pool), compose(head(id, type, pool, real_clock().wall_now()), fields)};
+    LiveEvent e{id, std::string(type), std::string(pool), compose(head(id, type, pool, real_clock().wall_now()), fields),
+                std::string(audience)};
     for (const std::weak_ptr<Subscription>& w : subscribers_) {
       auto sub = w.lock();
-      if (!sub || !sub->filter().matches(e.pool, e.type)) continue;
+      if (!sub || !sub->filter().matches(e.pool, e.type, e.audience)) continue;
       bool wake = false;
       if (!sub->push(e, wake)) {
         if (sub->end("slow consumer: more than " + std::to_string(sub->limit_) +
@@ -223,6 +233,7 @@ void EventBus::close_all(const std::string& why) {
   std::vector<std::shared_ptr<Subscription>> ended;
   {
     std::lock_guard lock(mu_);
+    closed_ = why;
     for (const std::weak_ptr<Subscription>& w : subscribers_) {
       if (auto s = w.lock(); s && s->end(why)) ended.push_back(std::move(s));
     }

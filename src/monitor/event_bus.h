@@ -48,6 +48,7 @@ struct LiveEvent {
   std::string type;
   std::string pool;      // empty for the daemon's own events
   std::string json;      // the whole event
+  std::string audience;  // who may see it besides admins: "" everyone, "tenant:NAME", "admin" admins only
 };
 
 // Which events a subscriber wants: pools and types, each empty for all. A
@@ -55,8 +56,12 @@ struct LiveEvent {
 struct EventFilter {
   std::vector<std::string> pools;
   std::vector<std::string> types;
+  // Who listens: an admin (or nobody, without tokens) hears every audience;
+  // a tenant hears events for everyone and for "tenant:" + its name.
+  bool admin = true;
+  std::string tenant{};
 
-  bool matches(std::string_view pool, std::string_view type) const;
+  bool matches(std::string_view pool, std::string_view type, std::string_view audience = {}) const;
 };
 
 // A filter from comma-separated lists (the query's `pool` and `type`); an
@@ -104,7 +109,10 @@ class EventBus {
   };
   explicit EventBus(Options options, WallTime started = real_clock().wall_now());
 
-  // Subscribes; with `last_event_id`, first hands over the kept events after it.
+  // Subscribes; with `last_event_id`, first hands over the kept events after
+  // it. An id this bus never gave (a later one: from another run) is
+  // answered with events_lost and everything kept. After close_all() the
+  // subscription has already ended.
   std::shared_ptr<Subscription> subscribe(EventFilter filter, std::optional<std::uint64_t> last_event_id = {});
 
   // A core event of `pool` (which types go out: docs/events.md).
@@ -112,7 +120,8 @@ class EventBus {
   // Any other event: `fields` is a JSON object's members (`"a":1,"b":"x"`,
   // may be empty), added after id, type, pool and at. `keep`: an id and a
   // place in the ring; otherwise a snapshot.
-  std::uint64_t publish(std::string_view type, std::string_view pool, std::string_view fields, bool keep = true);
+  std::uint64_t publish(std::string_view type, std::string_view pool, std::string_view fields, bool keep = true,
+                        std::string_view audience = {});
 
   // Ends every subscription with `why` (the daemon is stopping).
   void close_all(const std::string& why);
@@ -129,6 +138,7 @@ class EventBus {
   std::size_t ring_head_ = 0;
   std::uint64_t next_id_;
   std::uint64_t dropped_ = 0;
+  std::optional<std::string> closed_;  // why close_all() ended everything
   std::vector<std::weak_ptr<Subscription>> subscribers_;
 };
 

@@ -70,6 +70,7 @@ struct Alerting::State : std::enable_shared_from_this<Alerting::State> {
     std::deque<std::string> outbox;
     std::unique_ptr<asio::steady_timer> wake;
     bool backing_off = false;  // waiting before a retry
+    bool in_flight = false;    // a delivery is being tried
   };
 
   State(asio::any_io_executor ex, const DaemonConfig& config, std::vector<std::shared_ptr<runtime::PoolRunner>> runners,
@@ -79,8 +80,16 @@ struct Alerting::State : std::enable_shared_from_this<Alerting::State> {
       for (const auto& [rule, threshold] : e.alert_thresholds) engine.set_threshold(rule, e.pool.name, threshold);
     }
     for (auto& r : runners) pools.push_back(Pool{.runner = std::move(r)});
+    if (!settings.webhooks.empty()) {
+      if (auto c = drivers::RestClient::create({})) {
+        client = std::move(*c);
+      } else {
+        parts.log->write(runtime::LogLevel::kError, "alert webhooks disabled", {{"why", c.error()}});
+        settings.webhooks.clear();
+      }
+    }
     for (const std::string& url : settings.webhooks) {
-      webhooks.push_back(std::make_unique<Webhook>(Webhook{url, {}, std::make_unique<asio::steady_timer>(ex), false}));
+      webhooks.push_back(std::make_unique<Webhook>(Webhook{url, {}, std::make_unique<asio::steady_timer>(ex), false, false}));
     }
     if (parts.store != nullptr) {
       if (auto saved = parts.store->recent_alerts(settings.history)) {
@@ -128,13 +137,6 @@ struct Alerting::State : std::enable_shared_from_this<Alerting::State> {
   std::uint64_t sent = 0, failed = 0, dropped = 0;
 
   void start() {
-    auto c = drivers::RestClient::create({});
-    if (c) {
-      client = std::move(*c);
-    } else if (!webhooks.empty()) {
-      parts.log->write(runtime::LogLevel::kError, "alert webhooks disabled", {{"why", c.error()}});
-      webhooks.clear();
-    }
     auto self = shared_from_this();
     asio::co_spawn(control, rounds(self), asio::detached);
     for (auto& w : webhooks) asio::co_spawn(control, send_loop(self, w.get()), asio::detached);
@@ -146,7 +148,7 @@ struct Alerting::State : std::enable_shared_from_this<Alerting::State> {
     gather.cancel();
     std::size_t waiting_deliveries = 0;
     for (auto& w : webhooks) {
-      waiting_deliveries += w->outbox.size();
+      waiting_deliveries += w->outbox.size() + (w->in_flight ? 1 : 0);
       w->wake->cancel();
     }
     if (waiting_deliveries > 0) {
@@ -257,9 +259,20 @@ struct Alerting::State : std::enable_shared_from_this<Alerting::State> {
       json::object fields = o;
       fields.erase("at");
       std::string text = json::serialize(fields);
-      const bool is_pool = std::any_of(pools.begin(), pools.end(), [&](const Pool& p) { return p.runner->name() == c.subject; });
-      parts.bus->publish(c.firing ? "alert_firing" : "alert_resolved", is_pool ? c.subject : "",
-                         std::string_view(text).substr(1, text.size() - 2));
+      // A pool's alerts (and its budget's) belong to the pool; a tenant's
+      // budget to that tenant; the global budget to admins.
+      std::string pool, audience;
+      if (c.subject.starts_with("pool:")) {
+        pool = c.subject.substr(5);
+      } else if (c.subject.starts_with("tenant:")) {
+        audience = c.subject;
+      } else if (c.subject == "global") {
+        audience = "admin";
+      } else {
+        pool = c.subject;
+      }
+      parts.bus->publish(c.firing ? "alert_firing" : "alert_resolved", pool,
+                         std::string_view(text).substr(1, text.size() - 2), true, audience);
     }
     if (parts.store != nullptr) {
       parts.store->write({store::AlertRecord{.at_ms = change.at_ms,
@@ -291,51 +304,51 @@ struct Alerting::State : std::enable_shared_from_this<Alerting::State> {
     }
   }
 
+  // One delivery at a time per URL: the one in flight is taken out of the
+  // outbox, so a full outbox drops only deliveries still waiting, and each
+  // delivery has its own tries.
   static asio::awaitable<void> send_loop(std::shared_ptr<State> self, Webhook* w) {
-    int attempts = 0;
     while (!self->stopped) {
       if (w->outbox.empty()) {
         w->wake->expires_at(asio::steady_timer::time_point::max());
         (void)co_await w->wake->async_wait(asio::as_tuple(asio::use_awaitable));
         continue;
       }
-      const std::string payload = w->outbox.front();
-      auto calling = self->client->call({.method = "POST",
-                                         .url = w->url,
-                                         .headers = {{"Content-Type", "application/json"}},
-                                         .body = payload,
-                                         .timeout = self->settings.webhook_timeout});
-      auto answer = co_await std::move(calling);
-      if (self->stopped) break;
-      const int status = answer ? answer->status : 0;
-      const bool ok = status >= 200 && status < 300;
-      const bool final_refusal = status >= 400 && status < 500 && status != 408 && status != 429;
-      ++attempts;
-      if (ok || final_refusal || attempts >= self->settings.webhook_attempts) {
-        if (!w->outbox.empty() && w->outbox.front() == payload) w->outbox.pop_front();
-        {
-          std::lock_guard lock(self->mu);
-          ++(ok ? self->sent : self->failed);
+      drivers::RestRequest request{.method = "POST",
+                                   .url = w->url,
+                                   .headers = {{"Content-Type", "application/json"}},
+                                   .body = std::move(w->outbox.front()),
+                                   .timeout = self->settings.webhook_timeout};
+      w->outbox.pop_front();
+      w->in_flight = true;
+      for (int attempt = 1; !self->stopped; ++attempt) {
+        auto calling = self->client->call(request);
+        auto answer = co_await std::move(calling);
+        if (self->stopped) break;
+        const int status = answer ? answer->status : 0;
+        const bool ok = status >= 200 && status < 300;
+        const bool final_refusal = status >= 400 && status < 500 && status != 408 && status != 429;
+        const std::string why = answer ? "HTTP " + std::to_string(status) : answer.error().message;
+        if (ok || final_refusal || attempt >= self->settings.webhook_attempts) {
+          {
+            std::lock_guard lock(self->mu);
+            ++(ok ? self->sent : self->failed);
+          }
+          if (!ok) {
+            self->parts.log->write(runtime::LogLevel::kWarn, "alert webhook gave up",
+                                   {{"url", w->url}, {"attempts", std::to_string(attempt)}, {"why", why}});
+          }
+          break;
         }
-        if (!ok) {
-          self->parts.log->write(runtime::LogLevel::kWarn, "alert webhook gave up",
-                                 {{"url", w->url},
-                                  {"attempts", std::to_string(attempts)},
-                                  {"why", answer ? "HTTP " + std::to_string(status) : answer.error().message}});
-        }
-        attempts = 0;
-        continue;
+        self->parts.log->write(runtime::LogLevel::kInfo, "alert webhook failed; retrying",
+                               {{"url", w->url}, {"attempt", std::to_string(attempt)}, {"why", why}});
+        // New deliveries do not cut the pause short; stop() does.
+        w->backing_off = true;
+        w->wake->expires_after(std::min<Duration>(std::chrono::seconds(1) * (1 << std::min(attempt - 1, 6)), 60s));
+        (void)co_await w->wake->async_wait(asio::as_tuple(asio::use_awaitable));
+        w->backing_off = false;
       }
-      const Duration backoff = std::min<Duration>(std::chrono::seconds(1) * (1 << std::min(attempts - 1, 6)), 60s);
-      self->parts.log->write(runtime::LogLevel::kInfo, "alert webhook failed; retrying",
-                             {{"url", w->url},
-                              {"attempt", std::to_string(attempts)},
-                              {"why", answer ? "HTTP " + std::to_string(status) : answer.error().message}});
-      // New deliveries do not cut the pause short; stop() does.
-      w->backing_off = true;
-      w->wake->expires_after(backoff);
-      (void)co_await w->wake->async_wait(asio::as_tuple(asio::use_awaitable));
-      w->backing_off = false;
+      w->in_flight = false;
     }
   }
 };

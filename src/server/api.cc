@@ -448,11 +448,14 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
     if (m != "GET") co_return method_not_allowed();
     if (alerting_ == nullptr) co_return not_found();
     json::object report = alerting_->report();
-    // A tenant held to some pools sees their alerts and the daemon's own.
-    if (caller.pools != nullptr && !caller.pools->empty()) {
+    // A tenant sees the alerts of the pools it may use, its own budget's,
+    // and the daemon's own; the global and other tenants' budgets are for admins.
+    if (!caller.admin) {
       auto hidden = [&](const json::value& v) {
         const std::string_view subject = v.at("subject").as_string();
         if (subject.starts_with("pool:")) return !may_use(caller, subject.substr(5));
+        if (subject.starts_with("tenant:")) return subject.substr(7) != caller.tenant;
+        if (subject == "global") return true;
         return find_pool(subject) != nullptr && !may_use(caller, subject);
       };
       for (const char* list : {"active", "history"}) {
@@ -484,10 +487,13 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
     for (const std::string& name : filter->pools) {
       if (auto pool = pool_named(name); !pool) co_return pool.error();
     }
-    // A tenant held to some pools hears only theirs (and the daemon's own).
+    // A tenant held to some pools hears only theirs (and the daemon's own);
+    // a tenant's budget alerts go to that tenant (and admins) only.
     if (filter->pools.empty() && caller.pools != nullptr && !caller.pools->empty()) {
       filter->pools = *caller.pools;
     }
+    filter->admin = caller.admin;
+    filter->tenant = caller.tenant;
     std::optional<std::uint64_t> last;
     const std::string_view last_text = !req.last_event_id.empty() ? std::string_view(req.last_event_id)
                                                                    : query("last_event_id");

@@ -92,40 +92,50 @@ asio::awaitable<std::string> stream_sse(beast::tcp_stream& stream, unsigned vers
   (void)hn;
   if (hec) co_return "write failed: " + hec.message();
 
+  // Every awaitable and its arguments are named before the co_await (g++ 12
+  // may free a temporary in a co_await expression twice; docs/development.md).
   std::string failed;
-  auto write = [&](const std::string& text) -> asio::awaitable<bool> {
-    stream.expires_after(settings.write_timeout);
+  auto write = [&](std::string text, Duration limit) -> asio::awaitable<bool> {
+    stream.expires_after(limit);
     boost::system::error_code ec;
     if (chunked) {
-      std::tie(ec, std::ignore) =
-          co_await asio::async_write(stream, http::make_chunk(asio::buffer(text)), asio::as_tuple(asio::use_awaitable));
+      const auto chunk = http::make_chunk(asio::buffer(text));
+      auto writing = asio::async_write(stream, chunk, asio::as_tuple(asio::use_awaitable));
+      std::tie(ec, std::ignore) = co_await std::move(writing);
     } else {
-      std::tie(ec, std::ignore) =
-          co_await asio::async_write(stream, asio::buffer(text), asio::as_tuple(asio::use_awaitable));
+      auto writing = asio::async_write(stream, asio::buffer(text), asio::as_tuple(asio::use_awaitable));
+      std::tie(ec, std::ignore) = co_await std::move(writing);
     }
     if (ec) failed = ec == beast::error::timeout ? "a write did not complete in time" : "write failed: " + ec.message();
     co_return !ec;
   };
 
   Bell bell(co_await asio::this_coro::executor, *events);
-  if (!co_await write("retry: 3000\n: poolkeeper events\n\n")) co_return failed;
+  auto opening = write("retry: 3000\n: poolkeeper events\n\n", settings.write_timeout);
+  if (!co_await std::move(opening)) co_return failed;
   for (;;) {
     std::vector<monitor::LiveEvent> batch = events->take();
     if (!batch.empty()) {
-      if (!co_await write(sse_text(batch))) co_return failed;
+      auto writing = write(sse_text(batch), settings.write_timeout);
+      if (!co_await std::move(writing)) co_return failed;
       continue;
     }
     if (std::optional<std::string> why = events->ended()) {
-      // What arrived before the end, then the reason, then the end of the body.
-      std::string text = sse_text(events->take()) + "data: " + closed_event(*why) + "\n\n";
-      if (co_await write(text) && chunked) {
-        stream.expires_after(settings.write_timeout);
-        (void)co_await asio::async_write(stream, http::make_chunk_last(), asio::as_tuple(asio::use_awaitable));
+      // What arrived before the end, then the reason, then the end of the
+      // body, within a short limit: the daemon may be stopping.
+      auto closing = write(sse_text(events->take()) + "data: " + closed_event(*why) + "\n\n", settings.close_timeout);
+      if (co_await std::move(closing) && chunked) {
+        stream.expires_after(settings.close_timeout);
+        const auto last = http::make_chunk_last();
+        auto ending = asio::async_write(stream, last, asio::as_tuple(asio::use_awaitable));
+        (void)co_await std::move(ending);
       }
       co_return *why;
     }
-    if (!co_await bell.wait(settings.heartbeat)) {
-      if (!co_await write(": ping\n\n")) co_return failed;
+    auto waiting = bell.wait(settings.heartbeat);
+    if (!co_await std::move(waiting)) {
+      auto beat = write(": ping\n\n", settings.write_timeout);
+      if (!co_await std::move(beat)) co_return failed;
     }
   }
 }
@@ -172,7 +182,8 @@ asio::awaitable<std::string> stream_websocket(beast::tcp_stream stream, http::re
         if (why) batch = events->take();
       }
       for (const monitor::LiveEvent& e : batch) {
-        auto [ec, n] = co_await ws.async_write(asio::buffer(e.json), asio::as_tuple(asio::use_awaitable));
+        auto writing = ws.async_write(asio::buffer(e.json), asio::as_tuple(asio::use_awaitable));
+        auto [ec, n] = co_await std::move(writing);
         (void)n;
         if (ec) co_return "write failed: " + ec.message();
       }
@@ -180,10 +191,18 @@ asio::awaitable<std::string> stream_websocket(beast::tcp_stream stream, http::re
         const bool slow = why->starts_with("slow consumer");
         websocket::close_reason reason(slow ? websocket::close_code::policy_error : websocket::close_code::going_away,
                                        why->substr(0, 120));  // a close frame holds at most 123 bytes of reason
-        (void)co_await ws.async_close(reason, asio::as_tuple(asio::use_awaitable));
+        // The client's answer to the close is waited for briefly: the daemon may be stopping.
+        websocket::stream_base::timeout closing_timeout = timeout;
+        closing_timeout.handshake_timeout = settings.close_timeout;
+        ws.set_option(closing_timeout);
+        auto closing = ws.async_close(reason, asio::as_tuple(asio::use_awaitable));
+        (void)co_await std::move(closing);
         co_return *why;
       }
-      if (batch.empty()) (void)co_await bell.wait(settings.heartbeat);  // Beast sends the pings
+      if (batch.empty()) {
+        auto waiting = bell.wait(settings.heartbeat);  // Beast sends the pings
+        (void)co_await std::move(waiting);
+      }
     }
   };
   auto racing = reading() || writing();

@@ -30,6 +30,7 @@ namespace poolkeeper::server {
 struct StreamSettings {
   Duration heartbeat = std::chrono::seconds(15);
   Duration write_timeout = std::chrono::seconds(30);
+  Duration close_timeout = std::chrono::seconds(2);  // the last write, and a WebSocket's close handshake
   // The socket's kernel send buffer: bounded, so that a client that stops
   // reading is seen by its queue in the bus (which says why) rather than
   // hidden for megabytes behind the kernel's automatic sizing.

@@ -4,6 +4,8 @@
 
 #include <boost/json.hpp>
 
+#include <limits>
+
 namespace poolkeeper::monitor {
 namespace {
 
@@ -176,6 +178,44 @@ TEST(EventBus, AForgottenSubscriptionIsNotKept) {
   EXPECT_EQ(bus.subscribers(), 0u);
   bus.publish("p", started(1));  // nobody to hand it to: no harm
   EXPECT_EQ(bus.last_id(), kFirstId);
+}
+
+TEST(EventBus, AnIdItNeverGaveIsAnsweredWithEverythingKept) {
+  EventBus bus({.ring = 4, .queue = 8}, kStart);
+  for (SessionId s = 1; s <= 3; ++s) bus.publish("p", started(s));
+  // From a run whose ids went past this one's (or a made-up id).
+  for (std::uint64_t id : {kFirstId + 100, std::numeric_limits<std::uint64_t>::max()}) {
+    auto sub = bus.subscribe({}, id);
+    auto got = sub->take();
+    ASSERT_EQ(got.size(), 4u) << id;
+    EXPECT_EQ(got[0].type, "events_lost");
+    EXPECT_TRUE(json::parse(got[0].json).at("first").is_null());
+    EXPECT_EQ(ids({got.begin() + 1, got.end()}), (std::vector<std::uint64_t>{kFirstId, kFirstId + 1, kFirstId + 2}));
+  }
+}
+
+TEST(EventBus, AnAudienceLimitsWhoHearsAnEvent) {
+  EventBus bus({}, kStart);
+  auto admin = bus.subscribe({});
+  auto alice = bus.subscribe({.pools = {}, .types = {}, .admin = false, .tenant = "alice"});
+  auto bob = bus.subscribe({.pools = {}, .types = {}, .admin = false, .tenant = "bob"});
+  bus.publish("alert_firing", "", "", true, "tenant:alice");
+  bus.publish("alert_firing", "", "", true, "admin");
+  bus.publish("alert_firing", "p", "", true);
+  EXPECT_EQ(admin->take().size(), 3u);
+  EXPECT_EQ(alice->take().size(), 2u);  // hers and everyone's
+  EXPECT_EQ(bob->take().size(), 1u);    // everyone's only
+  // The same on resuming.
+  auto bob_again = bus.subscribe({.pools = {}, .types = {}, .admin = false, .tenant = "bob"}, kFirstId - 1);
+  EXPECT_EQ(bob_again->take().size(), 1u);
+}
+
+TEST(EventBus, ASubscriptionAfterClosingHasEnded) {
+  EventBus bus({}, kStart);
+  bus.close_all("the daemon is stopping");
+  auto late = bus.subscribe({});
+  EXPECT_EQ(late->ended(), "the daemon is stopping");
+  EXPECT_EQ(bus.subscribers(), 0u);
 }
 
 }  // namespace
