@@ -266,6 +266,23 @@ release_leftovers() {
   poll 60 settled || echo "bench_http.sh: warning: leases still held or sessions missing 60 s after a run" >&2
 }
 
+# One wrk run of acquire + release cycles against the daemon: its result line
+# goes to $results as "RUN CONNECTIONS MODE fields...", a summary (labelled
+# $4) to stderr; then what it left leased is released.
+lease_load() {
+  local mode="$1" run="$2" c="$3" label="$4" out line
+  out="$tmp/wrk-$mode-$run-$c.txt"
+  run_child wrk -t $((c < 2 ? c : 2)) -c "$c" -d "${duration}s" --timeout 10s --latency \
+    -s "$root/bench/http/lease.lua" "http://127.0.0.1:$daemon_port" -- echo "$tmp/leftover.txt" \
+    >"$out" 2>&1 || { echo "bench_http.sh: wrk failed:" >&2; cat "$out" >&2; exit 1; }
+  line="$(grep -m1 '^result ' "$out" || true)"
+  [[ -n "$line" ]] || { echo "bench_http.sh: no result from wrk:" >&2; cat "$out" >&2; exit 1; }
+  echo "$run $c $mode ${line#result }" >>"$results"
+  printf '  run %d, %4d connections, %s %s\n' "$run" "$c" "$label" \
+    "$(tr ' ' '\n' <<<"$line" | grep -E '^(rps|p50_us|p99_us|non2xx|socket_errors)=' | tr '\n' ' ')" >&2
+  release_leftovers
+}
+
 # --- The store's cost ------------------------------------------------------------
 
 if ((ledger)); then
@@ -304,16 +321,7 @@ EOF
     started_at=$(date +%s)
     for ((run = 1; run <= runs; run++)); do
       for c in $connections; do
-        out="$tmp/wrk-$mode-$run-$c.txt"
-        run_child wrk -t $((c < 2 ? c : 2)) -c "$c" -d "${duration}s" --timeout 10s --latency \
-          -s "$root/bench/http/lease.lua" "http://127.0.0.1:$daemon_port" -- echo "$tmp/leftover.txt" \
-          >"$out" 2>&1 || { echo "bench_http.sh: wrk failed:" >&2; cat "$out" >&2; exit 1; }
-        line="$(grep -m1 '^result ' "$out" || true)"
-        [[ -n "$line" ]] || { echo "bench_http.sh: no result from wrk:" >&2; cat "$out" >&2; exit 1; }
-        echo "$run $c $mode ${line#result }" >>"$results"
-        printf '  run %d, %4d connections, store %-13s %s\n' "$run" "$c" "$mode" \
-          "$(tr ' ' '\n' <<<"$line" | grep -E '^(rps|p50_us|p99_us|non2xx|socket_errors)=' | tr '\n' ' ')" >&2
-        release_leftovers
+        lease_load "$mode" "$run" "$c" "$(printf 'store %-13s' "$mode")"
       done
     done
     elapsed=$(($(date +%s) - started_at))
@@ -386,17 +394,8 @@ while True:
         poll 30 has_one || { echo "bench_http.sh: the $mode subscriber did not connect" >&2; exit 1; }
       fi
       for c in $connections; do
-        out="$tmp/wrk-$mode-$run-$c.txt"
-        run_child wrk -t $((c < 2 ? c : 2)) -c "$c" -d "${duration}s" --timeout 10s --latency \
-          -s "$root/bench/http/lease.lua" "http://127.0.0.1:$daemon_port" -- echo "$tmp/leftover.txt" \
-          >"$out" 2>&1 || { echo "bench_http.sh: wrk failed:" >&2; cat "$out" >&2; exit 1; }
-        line="$(grep -m1 '^result ' "$out" || true)"
-        [[ -n "$line" ]] || { echo "bench_http.sh: no result from wrk:" >&2; cat "$out" >&2; exit 1; }
-        echo "$run $c $mode ${line#result }" >>"$results"
-        printf '  run %d, %4d connections, events %-8s %s, %s subscriber(s) after\n' "$run" "$c" "$mode" \
-          "$(tr ' ' '\n' <<<"$line" | grep -E '^(rps|p50_us|p99_us|non2xx|socket_errors)=' | tr '\n' ' ')" \
-          "$(subscribers)" >&2
-        release_leftovers
+        lease_load "$mode" "$run" "$c" "$(printf 'events %-8s' "$mode")"
+        echo "    $(subscribers) subscriber(s) after the run" >&2
       done
       if [[ -n "$subscriber" ]]; then stop_pid "$subscriber" 5; fi
     done
