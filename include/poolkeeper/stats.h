@@ -82,6 +82,8 @@ struct PoolStats {
   // draining; or emergency-stopped.
   bool degraded = false;
   int queue_length = 0;
+  int unhealthy = 0;          // live sessions whose health score is below health_check_below
+  double utilization = 0;     // leased / (idle + leased); 0 with none ready
   TimePoint oldest_waiting_since = TimePoint::max();  // when the longest-waiting acquire came (max: none)
   bool paused = false;
   bool draining = false;

@@ -1589,6 +1589,15 @@ PoolStats PoolCore::stats() const {
   st.max = config_.max;
   const int usable = by_state_[static_cast<int>(SessionState::kIdle)] +
                      by_state_[static_cast<int>(SessionState::kLeased)];
+  st.utilization = usable == 0 ? 0.0
+                               : static_cast<double>(by_state_[static_cast<int>(SessionState::kLeased)]) / usable;
+  for (std::size_t i = 0; i < slots_.size(); ++i) {
+    const Slot& s = slot(i);
+    if (s.in_use && s.state != SessionState::kStarting && s.state != SessionState::kClosing &&
+        s.health < config_.health_check_below) {
+      ++st.unhealthy;
+    }
+  }
   // A spent budget keeps no minimum by policy (budget_exceeded says so).
   st.degraded = st.emergency_stopped || (!st.draining && usable < std::min(config_.min, floor()));
   st.reuse_rate = st.acquisitions == 0 ? 0.0

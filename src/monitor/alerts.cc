@@ -24,7 +24,7 @@ std::vector<AlertRule> builtin_rules() {
   return {
       {"budget_consumed", "share of a budget spent (the day's or the month's, whichever is worse)", 0.8, {}, "%"},
       {"start_failure_rate", "share of session starts that failed over the last 5 minutes", 0.05, {}, "%"},
-      {"unhealthy_sessions", "share of a pool's sessions whose health score is below 50", 0.2, minutes(1), "%"},
+      {"unhealthy_sessions", "share of a pool's sessions whose health score is below its health_check_below", 0.2, minutes(1), "%"},
       {"queue_wait", "how long the oldest waiting acquire has waited", 30, {}, "s"},
       {"queue_length", "acquires waiting for a session", 10, seconds(30), ""},
       {"utilization", "share of a pool's ready sessions that are leased", 0.9, minutes(1), "%"},
@@ -124,6 +124,37 @@ std::vector<ActiveAlert> AlertEngine::active() const {
   for (const auto& [key, e] : entries_) {
     out.push_back({key.first, key.second, e.state, e.value, threshold(key.first, key.second), e.since});
   }
+  return out;
+}
+
+AlertScope scope_of(const std::string& subject) {
+  if (subject.starts_with("pool:")) return {subject.substr(5), ""};
+  if (subject.starts_with("tenant:")) return {"", subject};
+  if (subject == "global") return {"", "admin"};
+  return {subject, ""};
+}
+
+std::vector<AlertSample> PoolSampler::sample(const PoolStats& st, TimePoint now, std::uint64_t over_memory) {
+  constexpr Duration kFailureWindow = std::chrono::minutes(5);
+  auto seconds_of = [](Duration d) { return std::chrono::duration<double>(d).count(); };
+  std::vector<AlertSample> out;
+  out.push_back({"queue_length", pool_, static_cast<double>(st.queue_length)});
+  out.push_back({"queue_wait", pool_,
+                 st.oldest_waiting_since == TimePoint::max()
+                     ? 0.0
+                     : seconds_of(std::max<Duration>(now - st.oldest_waiting_since, Duration{0}))});
+  out.push_back({"utilization", pool_, st.utilization});
+  const int live = st.sessions - st.sessions_by_state[static_cast<int>(SessionState::kStarting)] -
+                   st.sessions_by_state[static_cast<int>(SessionState::kClosing)];
+  out.push_back({"unhealthy_sessions", pool_, live <= 0 ? 0.0 : static_cast<double>(st.unhealthy) / live});
+  // The oldest measurement kept is the newest one at least five minutes old.
+  starts_.push_back({now, st.sessions_created, st.start_failures});
+  while (starts_.size() > 1 && starts_[1].at <= now - kFailureWindow) starts_.pop_front();
+  const double created = static_cast<double>(st.sessions_created - starts_.front().created);
+  const double failed = static_cast<double>(st.start_failures - starts_.front().failed);
+  out.push_back({"start_failure_rate", pool_, created + failed == 0 ? 0.0 : failed / (created + failed)});
+  out.push_back({"client_sessions", pool_, static_cast<double>(st.client_sessions_active)});
+  out.push_back({"memory_over_limit", pool_, static_cast<double>(over_memory)});
   return out;
 }
 

@@ -20,6 +20,7 @@
 //   for (AlertChange& c : engine.observe(now, samples)) deliver(c);
 #pragma once
 
+#include <deque>
 #include <map>
 #include <optional>
 #include <string>
@@ -27,6 +28,7 @@
 #include <vector>
 
 #include "poolkeeper/clock.h"
+#include "poolkeeper/stats.h"
 
 namespace poolkeeper::monitor {
 
@@ -106,5 +108,34 @@ class AlertEngine {
 
 // A value as a rule shows it: "14", "31.5 s", "92%".
 std::string format_value(double value, const std::string& unit);
+
+// Who hears of a subject's alerts: a pool's (and its budget's, "pool:NAME")
+// go to that pool's listeners, a tenant's budget ("tenant:NAME") to that
+// tenant, the global budget ("global") to admins only (audience as in
+// EventBus: "" everyone who may see the pool, "tenant:NAME", "admin").
+struct AlertScope {
+  std::string pool;
+  std::string audience;
+};
+AlertScope scope_of(const std::string& subject);
+
+// Measures one pool for the rules from its statistics: queue_length,
+// queue_wait, utilization, unhealthy_sessions, start_failure_rate (what the
+// start counters moved by over the last five minutes), client_sessions and
+// memory_over_limit (sessions over their memory limit since the last call).
+class PoolSampler {
+ public:
+  explicit PoolSampler(std::string pool) : pool_(std::move(pool)) {}
+  std::vector<AlertSample> sample(const PoolStats& st, TimePoint now, std::uint64_t over_memory);
+
+ private:
+  struct Starts {
+    TimePoint at;
+    std::uint64_t created;
+    std::uint64_t failed;
+  };
+  std::string pool_;
+  std::deque<Starts> starts_;
+};
 
 }  // namespace poolkeeper::monitor

@@ -23,9 +23,6 @@ namespace asio = boost::asio;
 namespace json = boost::json;
 using namespace std::chrono_literals;
 
-constexpr Duration kFailureWindow = std::chrono::minutes(5);
-constexpr int kUnhealthyBelow = 50;  // a session's health score below this counts as unhealthy
-
 double seconds_of(Duration d) { return std::chrono::duration<double>(d).count(); }
 
 std::int64_t wall_ms() {
@@ -58,12 +55,11 @@ json::object change_json(const Change& c) {
 struct Alerting::State : std::enable_shared_from_this<Alerting::State> {
   struct Pool {
     std::shared_ptr<runtime::PoolRunner> runner;
+    monitor::PoolSampler sampler;
     bool asked = false;           // a snapshot request is outstanding
     TimePoint asked_at{};
-    TimePoint answered_at{};
     bool fresh = false;           // answered in this round
     runtime::PoolSnapshot latest{};
-    std::deque<std::tuple<TimePoint, std::uint64_t, std::uint64_t>> starts{};  // (at, created, failed)
   };
   struct Webhook {
     std::string url;
@@ -79,7 +75,10 @@ struct Alerting::State : std::enable_shared_from_this<Alerting::State> {
     for (const PoolEntry& e : config.pools) {
       for (const auto& [rule, threshold] : e.alert_thresholds) engine.set_threshold(rule, e.pool.name, threshold);
     }
-    for (auto& r : runners) pools.push_back(Pool{.runner = std::move(r)});
+    for (auto& r : runners) {
+      monitor::PoolSampler sampler(r->name());
+      pools.push_back(Pool{.runner = std::move(r), .sampler = std::move(sampler)});
+    }
     if (!settings.webhooks.empty()) {
       if (auto c = drivers::RestClient::create({})) {
         client = std::move(*c);
@@ -181,7 +180,6 @@ struct Alerting::State : std::enable_shared_from_this<Alerting::State> {
       p.runner->snapshot(asio::bind_executor(control, [self = shared_from_this(), i, this_round](runtime::PoolSnapshot s) {
         Pool& q = self->pools[i];
         q.asked = false;
-        q.answered_at = real_clock().now();
         q.latest = std::move(s);
         q.fresh = true;
         if (self->round == this_round && --self->waiting == 0) self->gather.cancel();
@@ -206,7 +204,7 @@ struct Alerting::State : std::enable_shared_from_this<Alerting::State> {
       if (p.asked) silent.emplace_back(name, p.asked_at);
       if (!p.fresh) continue;  // no answer: no other measurement this round
       p.fresh = false;
-      pool_samples(p, now, over[name], samples);
+      for (monitor::AlertSample& x : p.sampler.sample(p.latest.stats, now, over[name])) samples.push_back(std::move(x));
     }
     if (parts.ledger != nullptr) {
       for (auto& [subject, share] : parts.ledger->budget_usage()) samples.push_back({"budget_consumed", subject, share});
@@ -221,34 +219,6 @@ struct Alerting::State : std::enable_shared_from_this<Alerting::State> {
     for (const monitor::AlertChange& c : changes) deliver(c);
   }
 
-  void pool_samples(Pool& p, TimePoint now, std::uint64_t over_memory_count, std::vector<monitor::AlertSample>& out) {
-    const std::string& name = p.runner->name();
-    const PoolStats& st = p.latest.stats;
-    out.push_back({"queue_length", name, static_cast<double>(st.queue_length)});
-    out.push_back({"queue_wait", name,
-                   st.oldest_waiting_since == TimePoint::max() ? 0.0
-                                                               : seconds_of(std::max<Duration>(now - st.oldest_waiting_since, {}))});
-    const int idle = st.sessions_by_state[static_cast<int>(SessionState::kIdle)];
-    const int leased = st.sessions_by_state[static_cast<int>(SessionState::kLeased)];
-    out.push_back({"utilization", name, idle + leased == 0 ? 0.0 : static_cast<double>(leased) / (idle + leased)});
-    const auto& sessions = p.latest.sessions;
-    const auto unhealthy = std::count_if(sessions.begin(), sessions.end(),
-                                         [](const runtime::SessionView& v) { return v.info.health < kUnhealthyBelow; });
-    out.push_back({"unhealthy_sessions", name,
-                   sessions.empty() ? 0.0 : static_cast<double>(unhealthy) / static_cast<double>(sessions.size())});
-    // Start failures over the last five minutes (what the counters moved by).
-    p.starts.emplace_back(now, st.sessions_created, st.start_failures);
-    while (p.starts.size() > 1 && std::get<0>(p.starts[1]) <= now - kFailureWindow) p.starts.pop_front();
-    const auto& [at0, created0, failed0] = p.starts.front();
-    (void)at0;
-    const double created = static_cast<double>(st.sessions_created - created0);
-    const double failed_starts = static_cast<double>(st.start_failures - failed0);
-    out.push_back({"start_failure_rate", name,
-                   created + failed_starts == 0 ? 0.0 : failed_starts / (created + failed_starts)});
-    out.push_back({"client_sessions", name, static_cast<double>(st.client_sessions_active)});
-    out.push_back({"memory_over_limit", name, static_cast<double>(over_memory_count)});
-  }
-
   void deliver(const monitor::AlertChange& c) {
     const Change change{wall_ms(), c.rule, c.subject, c.firing ? "firing" : "resolved", c.value, c.threshold, c.message};
     parts.log->write(c.firing ? runtime::LogLevel::kWarn : runtime::LogLevel::kInfo,
@@ -259,20 +229,9 @@ struct Alerting::State : std::enable_shared_from_this<Alerting::State> {
       json::object fields = o;
       fields.erase("at");
       std::string text = json::serialize(fields);
-      // A pool's alerts (and its budget's) belong to the pool; a tenant's
-      // budget to that tenant; the global budget to admins.
-      std::string pool, audience;
-      if (c.subject.starts_with("pool:")) {
-        pool = c.subject.substr(5);
-      } else if (c.subject.starts_with("tenant:")) {
-        audience = c.subject;
-      } else if (c.subject == "global") {
-        audience = "admin";
-      } else {
-        pool = c.subject;
-      }
-      parts.bus->publish(c.firing ? "alert_firing" : "alert_resolved", pool,
-                         std::string_view(text).substr(1, text.size() - 2), true, audience);
+      const monitor::AlertScope scope = monitor::scope_of(c.subject);
+      parts.bus->publish(c.firing ? "alert_firing" : "alert_resolved", scope.pool,
+                         std::string_view(text).substr(1, text.size() - 2), true, scope.audience);
     }
     if (parts.store != nullptr) {
       parts.store->write({store::AlertRecord{.at_ms = change.at_ms,

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "runtime/text.h"
+#include "monitor/alerts.h"
 #include "server/alerting.h"
 #include "server/ledger.h"
 #include "server/request.h"
@@ -448,15 +449,14 @@ asio::awaitable<Response> Api::route(const Request& req, const Caller& caller) {
     if (m != "GET") co_return method_not_allowed();
     if (alerting_ == nullptr) co_return not_found();
     json::object report = alerting_->report();
-    // A tenant sees the alerts of the pools it may use, its own budget's,
-    // and the daemon's own; the global and other tenants' budgets are for admins.
+    // A caller sees the alerts it would hear on the event stream (the
+    // pools it may use, its own budget's; the global budget's if admin).
     if (!caller.admin) {
+      monitor::EventFilter listener{.pools = {}, .types = {}, .admin = false, .tenant = caller.tenant};
+      if (caller.pools != nullptr) listener.pools = *caller.pools;
       auto hidden = [&](const json::value& v) {
-        const std::string_view subject = v.at("subject").as_string();
-        if (subject.starts_with("pool:")) return !may_use(caller, subject.substr(5));
-        if (subject.starts_with("tenant:")) return subject.substr(7) != caller.tenant;
-        if (subject == "global") return true;
-        return find_pool(subject) != nullptr && !may_use(caller, subject);
+        const monitor::AlertScope scope = monitor::scope_of(std::string(v.at("subject").as_string()));
+        return !listener.matches(scope.pool, "alert_firing", scope.audience);
       };
       for (const char* list : {"active", "history"}) {
         json::array& a = report[list].as_array();

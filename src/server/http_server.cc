@@ -265,12 +265,13 @@ struct HttpServer::State : std::enable_shared_from_this<HttpServer::State> {
       }
       stream.expires_never();
       http::request<http::string_body> req = parser.release();
+      const bool upgrade = request_upgrades(req);
       Request request{.method = std::string(req.method_string()),
                       .target = std::string(req.target()),
                       .authorization = std::string(req[http::field::authorization]),
                       .body = std::move(req.body()),
                       .last_event_id = std::string(req["Last-Event-ID"]),
-                      .websocket = request_upgrades(req)};
+                      .websocket = upgrade};
       // The request runs until it answers or the client goes away (which
       // cancels it: a waiting acquire leaves its queue).
       auto handling = api.handle(std::move(request));
@@ -299,7 +300,7 @@ struct HttpServer::State : std::enable_shared_from_this<HttpServer::State> {
         // An event stream: the connection is the stream's until it ends.
         const StreamSettings settings{.heartbeat = config.event_heartbeat, .write_timeout = kWriteTimeout};
         std::string why;
-        if (request_upgrades(req)) {
+        if (upgrade) {
           auto streaming = stream_websocket(std::move(stream), std::move(req), std::move(r.events), settings);
           why = co_await std::move(streaming);
           log.write(runtime::LogLevel::kInfo, "event stream ended", {{"via", "websocket"}, {"why", why}});

@@ -3,6 +3,7 @@
 #include <boost/json.hpp>
 
 #include <chrono>
+#include <cmath>
 
 namespace poolkeeper::server {
 namespace {
@@ -25,6 +26,8 @@ json::object stats_json(const PoolStats& st) {
   o["min"] = st.min;
   o["max"] = st.max;
   o["queue_length"] = st.queue_length;
+  o["unhealthy"] = st.unhealthy;
+  o["utilization"] = std::round(st.utilization * 1000) / 1000;
   o["paused"] = st.paused;
   o["draining"] = st.draining;
   o["emergency_stopped"] = st.emergency_stopped;

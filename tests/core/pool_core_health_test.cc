@@ -34,9 +34,11 @@ TEST_F(PoolCoreTest, ErrorReleasesLeadToCheckThenRecovery) {
   EXPECT_EQ(h.info(s).state, SessionState::kIdle) << "50 is not below 50";
   EXPECT_EQ(h.count(ActionType::kCheckSession), 0);
 
+  EXPECT_EQ(h.stats().unhealthy, 0);
   use_once(h, ReleaseOutcome::kError);
   EXPECT_EQ(h.info(s).health, 25);
   EXPECT_EQ(h.info(s).state, SessionState::kChecking);
+  EXPECT_EQ(h.stats().unhealthy, 1) << "below health_check_below";
   ASSERT_EQ(h.count(ActionType::kCheckSession), 1);
   EXPECT_EQ(h.actions_of(ActionType::kCheckSession)[0].session, s);
   EXPECT_EQ(h.events_of(EventType::kSessionUnhealthy).size(), 1u);
@@ -47,6 +49,8 @@ TEST_F(PoolCoreTest, ErrorReleasesLeadToCheckThenRecovery) {
   EXPECT_EQ(h.events_of(EventType::kSessionRecovered).size(), 1u);
   ASSERT_TRUE(h.grant_of(w).has_value());
   EXPECT_EQ(h.granted(w).session, s);
+  EXPECT_EQ(h.stats().unhealthy, 0);
+  EXPECT_EQ(h.stats().utilization, 1.0) << "its one ready session is leased";
   EXPECT_EQ(h.stats().checks, 1u);
   EXPECT_EQ(h.stats().check_failures, 0u);
 }

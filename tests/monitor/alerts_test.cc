@@ -108,5 +108,59 @@ TEST(AlertEngine, BuiltInRulesCarryTheSeedsDefaultsAndFormatTheirUnits) {
   EXPECT_EQ(changes[1].message, "queue_wait of p is 31.5 s (above 30 s)");
 }
 
+double value_of(const std::vector<AlertSample>& samples, const std::string& rule) {
+  for (const AlertSample& x : samples) {
+    if (x.rule == rule) return x.value;
+  }
+  ADD_FAILURE() << "no " << rule;
+  return -1;
+}
+
+TEST(PoolSampler, MeasuresAPoolFromItsStatistics) {
+  PoolSampler sampler("p");
+  PoolStats st;
+  st.sessions = 5;
+  st.sessions_by_state[static_cast<int>(SessionState::kStarting)] = 1;
+  st.unhealthy = 1;
+  st.utilization = 0.75;
+  st.queue_length = 3;
+  st.oldest_waiting_since = t0 - 12s;
+  st.client_sessions_active = 40;
+  const auto samples = sampler.sample(st, t0, 2);
+  EXPECT_EQ(value_of(samples, "queue_length"), 3);
+  EXPECT_EQ(value_of(samples, "queue_wait"), 12);
+  EXPECT_EQ(value_of(samples, "utilization"), 0.75);
+  EXPECT_EQ(value_of(samples, "unhealthy_sessions"), 0.25);  // of the 4 not starting
+  EXPECT_EQ(value_of(samples, "client_sessions"), 40);
+  EXPECT_EQ(value_of(samples, "memory_over_limit"), 2);
+  EXPECT_EQ(value_of(samples, "start_failure_rate"), 0);  // nothing moved yet
+}
+
+TEST(PoolSampler, StartFailuresCountOverTheLastFiveMinutes) {
+  PoolSampler sampler("p");
+  PoolStats st;
+  auto rate_at = [&](TimePoint at, std::uint64_t created, std::uint64_t failed) {
+    st.sessions_created = created;
+    st.start_failures = failed;
+    return value_of(sampler.sample(st, at, 0), "start_failure_rate");
+  };
+  EXPECT_EQ(rate_at(t0, 100, 0), 0);
+  EXPECT_EQ(rate_at(t0 + 1min, 118, 2), 0.1);  // 2 of 20 starts since
+  EXPECT_EQ(rate_at(t0 + 4min, 136, 4), 0.1);  // 4 of 40
+  // Six minutes on, the window starts at the minute-one measurement.
+  EXPECT_EQ(rate_at(t0 + 6min, 154, 6), 4.0 / 40);
+  // Ten minutes without starts: nothing moved within the window.
+  EXPECT_EQ(rate_at(t0 + 16min, 154, 6), 0);
+}
+
+TEST(AlertScope, SubjectsReachTheirListeners) {
+  EXPECT_EQ(scope_of("python").pool, "python");
+  EXPECT_EQ(scope_of("pool:python").pool, "python");
+  EXPECT_EQ(scope_of("pool:python").audience, "");
+  EXPECT_EQ(scope_of("tenant:alice").audience, "tenant:alice");
+  EXPECT_EQ(scope_of("tenant:alice").pool, "");
+  EXPECT_EQ(scope_of("global").audience, "admin");
+}
+
 }  // namespace
 }  // namespace poolkeeper::monitor
