@@ -1,6 +1,5 @@
 // Cost accounting: what a pool's sessions cost, as exact integer
-// micro-dollars, split across UTC days, and budgets that say when spending
-// reaches its warning level and its limit.
+// micro-dollars, split across UTC days (budgets: core/budget.h).
 //
 // Pure: wall time comes in as UNIX milliseconds on every call. A rate per
 // hour is charged by the millisecond without drift: a session's time charge
@@ -115,53 +114,6 @@ class CostMeter {
 
   CostModel model_;
   std::map<SessionId, Live> sessions_;
-};
-
-// A spending limit over one scope (global, a pool, a tenant) per day and per
-// month; 0 means none.
-struct BudgetLimits {
-  std::int64_t daily = 0;
-  std::int64_t monthly = 0;
-  bool operator==(const BudgetLimits&) const = default;
-};
-
-enum class BudgetLevel : std::uint8_t {
-  kOk,
-  kWarning,   // at or above the warning fraction (80 %)
-  kExceeded,  // at or above the limit
-};
-
-struct BudgetStatus {
-  BudgetLevel level = BudgetLevel::kOk;
-  std::int64_t spent = 0;   // in the period that is worst off
-  std::int64_t limit = 0;   // that period's limit (0: no limit)
-  bool monthly = false;     // whether that period is the month
-};
-
-// Spending per scope per day and month, against limits. Scopes are names:
-// "" for everything, "pool:NAME", "tenant:NAME".
-class BudgetBook {
- public:
-  explicit BudgetBook(double warning_fraction = 0.8) : warning_(warning_fraction) {}
-
-  void set_limits(const std::string& scope, BudgetLimits limits);
-  void set_warning(double fraction) { warning_ = fraction; }
-  // Adds a charge to each scope it counts for.
-  void add(const std::vector<std::string>& scopes, std::int64_t day, std::int64_t micros);
-  // Spending restored at start (from the store's daily totals).
-  void restore(const std::string& scope, std::int64_t day, std::int64_t micros);
-
-  BudgetStatus status(const std::string& scope, std::int64_t day) const;
-  std::int64_t spent_on_day(const std::string& scope, std::int64_t day) const;
-  std::int64_t spent_in_month(const std::string& scope, std::int64_t day) const;
-  // Forgets days before `day` (their months' totals stay while the month runs).
-  void forget_before(std::int64_t day);
-
- private:
-  double warning_;
-  std::map<std::string, BudgetLimits> limits_;
-  std::map<std::pair<std::string, std::int64_t>, std::int64_t> daily_;    // (scope, day)
-  std::map<std::pair<std::string, std::int64_t>, std::int64_t> monthly_;  // (scope, month)
 };
 
 }  // namespace poolkeeper::core

@@ -29,6 +29,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/budget.h"
 #include "core/cost.h"
 #include "drivers/process/process_driver.h"
 #include "drivers/remote/remote_driver.h"
@@ -123,10 +124,7 @@ struct TenantConfig {
   bool operator==(const TenantConfig&) const = default;
 };
 
-enum class BudgetAction : std::uint8_t {
-  kRefuse,  // no new sessions; live ones are reused
-  kDrain,   // and the pool drains
-};
+using BudgetAction = core::BudgetAction;
 
 struct PoolEntry {
   PoolConfig pool;

@@ -25,23 +25,6 @@ std::string date_text(std::int64_t day) {
   return buf;
 }
 
-std::string dollars(std::int64_t micros) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%s%lld.%06lld", micros < 0 ? "-" : "",
-                static_cast<long long>(std::abs(micros) / 1'000'000),
-                static_cast<long long>(std::abs(micros) % 1'000'000));
-  return buf;
-}
-
-std::string_view level_name(core::BudgetLevel level) {
-  switch (level) {
-    case core::BudgetLevel::kOk: return "ok";
-    case core::BudgetLevel::kWarning: return "warning";
-    case core::BudgetLevel::kExceeded: return "exceeded";
-  }
-  return "ok";
-}
-
 std::string_view lease_outcome(core::EventType type) {
   switch (type) {
     case core::EventType::kLeaseReclaimed: return "reclaimed";
@@ -54,7 +37,7 @@ std::string_view lease_outcome(core::EventType type) {
 
 Ledger::Ledger(const DaemonConfig& config, store::Store* store, std::function<std::int64_t()> now_ms,
                runtime::Log& log)
-    : store_(store), now_ms_(std::move(now_ms)), log_(log), book_(config.budget.warning) {
+    : store_(store), now_ms_(std::move(now_ms)), log_(log), budgets_(config.budget.warning) {
   day_ = core::day_of(now_ms_());
   configure(config);
 }
@@ -64,9 +47,8 @@ void Ledger::configure(const DaemonConfig& config) {
   {
     std::lock_guard lock(mu_);
     const std::int64_t now = now_ms_();
-    global_ = config.budget.limits;
-    book_.set_limits("", global_);
-    book_.set_warning(config.budget.warning);
+    budgets_.set_global(config.budget.limits);
+    budgets_.set_warning(config.budget.warning);
     for (const PoolEntry& e : config.pools) {
       PoolBooks& p = pools_[e.pool.name];
       std::vector<core::CostCharge> charges;
@@ -74,15 +56,11 @@ void Ledger::configure(const DaemonConfig& config) {
       std::vector<store::Record> rows;
       record(e.pool.name, charges, rows);
       write(std::move(rows));
-      p.budget = e.budget;
-      p.action = e.budget_action;
-      book_.set_limits("pool:" + e.pool.name, e.budget);
+      budgets_.set_pool(e.pool.name, e.budget, e.budget_action);
     }
-    tenants_.clear();
-    for (const TenantConfig& t : config.tenants) {
-      tenants_[t.name] = t.budget;
-      book_.set_limits("tenant:" + t.name, t.budget);
-    }
+    std::map<std::string, core::BudgetLimits> tenants;
+    for (const TenantConfig& t : config.tenants) tenants[t.name] = t.budget;
+    budgets_.set_tenants(tenants);
     check_budgets(changes);
   }
   deliver(changes);
@@ -94,7 +72,7 @@ void Ledger::set_budget_hook(BudgetHook hook) {
     std::lock_guard lock(mu_);
     hook_ = std::move(hook);
     // Pools already over their budget (restored spending) are announced.
-    for (auto& [name, p] : pools_) p.exceeded = false;
+    budgets_.reannounce();
     check_budgets(changes);
   }
   deliver(changes);
@@ -110,9 +88,7 @@ std::expected<void, Error> Ledger::restore() {
     std::lock_guard lock(mu_);
     for (const store::DailyCost& r : *rows) {
       daily_[r.day][{r.pool, r.tenant, r.kind}] += r.micros;
-      book_.restore("", r.day, r.micros);
-      book_.restore("pool:" + r.pool, r.day, r.micros);
-      if (!r.tenant.empty()) book_.restore("tenant:" + r.tenant, r.day, r.micros);
+      budgets_.charge(r.pool, r.tenant, r.day, r.micros);
     }
     check_budgets(changes);
   }
@@ -320,7 +296,7 @@ void Ledger::tick() {
     const std::int64_t today = core::day_of(now);
     if (today != day_) {
       day_ = today;
-      book_.forget_before(today - kKeptDays);
+      budgets_.forget_before(today - kKeptDays);
       daily_.erase(daily_.begin(), daily_.lower_bound(today - kKeptDays));
     }
     check_budgets(changes);
@@ -333,11 +309,7 @@ void Ledger::record(const std::string& pool, std::vector<core::CostCharge>& char
                     std::vector<store::Record>& rows) {
   for (const core::CostCharge& c : charges) {
     daily_[c.day][{pool, c.tenant, std::string(to_string(c.kind))}] += c.micros;
-    if (c.tenant.empty()) {
-      book_.add({"", "pool:" + pool}, c.day, c.micros);
-    } else {
-      book_.add({"", "pool:" + pool, "tenant:" + c.tenant}, c.day, c.micros);
-    }
+    budgets_.charge(pool, c.tenant, c.day, c.micros);
     rows.push_back(store::Charge{.at_ms = c.at_ms,
                                  .day = c.day,
                                  .pool = pool,
@@ -357,59 +329,25 @@ void Ledger::write(std::vector<store::Record> rows) {
   });
 }
 
-std::string Ledger::scope_name(const std::string& scope) {
-  if (scope.empty()) return "global budget";
-  const auto colon = scope.find(':');
-  return scope.substr(0, colon) + " " + scope.substr(colon + 1) + " budget";
-}
-
-std::string Ledger::describe(const std::string& scope, const core::BudgetStatus& s) const {
-  return scope_name(scope) + ": spent $" + dollars(s.spent) + " of $" + dollars(s.limit) +
-         (s.monthly ? " this month" : " today");
-}
-
-void Ledger::warn_once(const std::string& scope, const core::BudgetStatus& s, std::int64_t day) {
-  if (s.level == core::BudgetLevel::kOk) return;
-  const std::string key = scope + (s.level == core::BudgetLevel::kExceeded ? "!" : "");
-  if (!warned_.insert({key, day}).second) return;
-  const std::string what = describe(scope, s);
-  const bool exceeded = s.level == core::BudgetLevel::kExceeded;
-  log_.write(runtime::LogLevel::kWarn, exceeded ? "budget exceeded" : "budget warning",
-             {{"budget", scope.empty() ? "global" : scope}, {"why", what}});
-  write({store::AuditEntry{.at_ms = now_ms_(),
-                           .actor = "daemon",
-                           .action = exceeded ? "budget_exceeded" : "budget_warning",
-                           .pool = {},
-                           .detail = json::serialize(json::object{
-                               {"budget", scope.empty() ? "global" : scope},
-                               {"spent_micros", s.spent},
-                               {"limit_micros", s.limit},
-                               {"period", s.monthly ? "month" : "day"}})}});
-}
-
-// Under the lock: each pool's state from the global and its own budget.
+// Under the lock: what spending means now. Notices go to the log and the
+// audit log; pools' changes are delivered after the lock.
 void Ledger::check_budgets(std::vector<BudgetChange>& changes) {
-  const std::int64_t today = core::day_of(now_ms_());
-  const core::BudgetStatus global = book_.status("", today);
-  warn_once("", global, today);
-  for (const auto& [tenant, limits] : tenants_) {
-    warn_once("tenant:" + tenant, book_.status("tenant:" + tenant, today), today);
+  core::BudgetDecisions d = budgets_.decide(core::day_of(now_ms_()));
+  for (const core::BudgetNotice& n : d.notices) {
+    const bool exceeded = n.status.level == core::BudgetLevel::kExceeded;
+    log_.write(runtime::LogLevel::kWarn, exceeded ? "budget exceeded" : "budget warning",
+               {{"budget", n.budget}, {"why", n.why}});
+    write({store::AuditEntry{.at_ms = now_ms_(),
+                             .actor = "daemon",
+                             .action = exceeded ? "budget_exceeded" : "budget_warning",
+                             .pool = {},
+                             .detail = json::serialize(json::object{
+                                 {"budget", n.budget},
+                                 {"spent_micros", n.status.spent},
+                                 {"limit_micros", n.status.limit},
+                                 {"period", n.status.monthly ? "month" : "day"}})}});
   }
-  for (auto& [name, p] : pools_) {
-    const std::string scope = "pool:" + name;
-    const core::BudgetStatus own = book_.status(scope, today);
-    warn_once(scope, own, today);
-    std::string why;
-    if (global.level == core::BudgetLevel::kExceeded) why = describe("", global);
-    if (own.level == core::BudgetLevel::kExceeded) why = describe(scope, own);
-    const bool exceeded = !why.empty();
-    if (exceeded == p.exceeded) continue;
-    p.exceeded = exceeded;
-    changes.push_back({.pool = name,
-                       .exceeded = exceeded,
-                       .why = exceeded ? why : std::string("the budget allows new sessions again"),
-                       .drain = exceeded && p.action == BudgetAction::kDrain});
-  }
+  for (BudgetChange& c : d.pools) changes.push_back(std::move(c));
 }
 
 void Ledger::deliver(const std::vector<BudgetChange>& changes) {
@@ -429,25 +367,12 @@ void Ledger::deliver(const std::vector<BudgetChange>& changes) {
 
 std::optional<std::string> Ledger::tenant_refusal(const std::string& tenant) const {
   std::lock_guard lock(mu_);
-  if (!tenants_.contains(tenant)) return std::nullopt;
-  const std::string scope = "tenant:" + tenant;
-  const core::BudgetStatus s = book_.status(scope, core::day_of(now_ms_()));
-  if (s.level != core::BudgetLevel::kExceeded) return std::nullopt;
-  return describe(scope, s);
+  return budgets_.tenant_refusal(tenant, core::day_of(now_ms_()));
 }
 
 std::vector<std::pair<std::string, double>> Ledger::budget_usage() const {
   std::lock_guard lock(mu_);
-  const std::int64_t today = core::day_of(now_ms_());
-  std::vector<std::pair<std::string, double>> out;
-  auto add = [&](const std::string& scope, const std::string& subject) {
-    const core::BudgetStatus s = book_.status(scope, today);
-    if (s.limit > 0) out.emplace_back(subject, static_cast<double>(s.spent) / static_cast<double>(s.limit));
-  };
-  add("", "global");
-  for (const auto& [tenant, limits] : tenants_) add("tenant:" + tenant, "tenant:" + tenant);
-  for (const auto& [name, p] : pools_) add("pool:" + name, "pool:" + name);
-  return out;
+  return budgets_.usage(core::day_of(now_ms_()));
 }
 
 std::uint64_t Ledger::mark() const { return store_ == nullptr ? 0 : store_->mark(); }
@@ -526,22 +451,17 @@ json::object Ledger::report(const CostQuery& q) const {
       static_cast<double>(left_ms));
 
   json::array budgets;
-  auto budget_json = [&](const std::string& scope, const core::BudgetLimits& limits) {
-    if (limits == core::BudgetLimits{}) return;
-    const core::BudgetStatus s = book_.status(scope, today);
-    budgets.push_back(json::object{{"budget", scope.empty() ? "global" : scope},
-                                   {"daily_limit_micros", limits.daily},
-                                   {"daily_spent_micros", book_.spent_on_day(scope, today)},
-                                   {"monthly_limit_micros", limits.monthly},
-                                   {"monthly_spent_micros", book_.spent_in_month(scope, today)},
-                                   {"level", level_name(s.level)}});
-  };
-  budget_json("", global_);
-  for (const auto& [name, p] : pools_) {
-    if (q.pool.empty() || name == q.pool) budget_json("pool:" + name, p.budget);
-  }
-  for (const auto& [tenant, limits] : tenants_) {
-    if (q.tenant.empty() || tenant == q.tenant) budget_json("tenant:" + tenant, limits);
+  for (const core::BudgetLine& line : budgets_.lines(today)) {
+    const bool pool_budget = line.budget.starts_with("pool:");
+    const bool tenant_budget = line.budget.starts_with("tenant:");
+    if (pool_budget && !q.pool.empty() && line.budget != "pool:" + q.pool) continue;
+    if (tenant_budget && !q.tenant.empty() && line.budget != "tenant:" + q.tenant) continue;
+    budgets.push_back(json::object{{"budget", line.budget},
+                                   {"daily_limit_micros", line.limits.daily},
+                                   {"daily_spent_micros", line.spent_today},
+                                   {"monthly_limit_micros", line.limits.monthly},
+                                   {"monthly_spent_micros", line.spent_this_month},
+                                   {"level", to_string(line.level)}});
   }
 
   // Per pool today: averages, and what one new session per request would
@@ -570,13 +490,13 @@ json::object Ledger::report(const CostQuery& q) const {
         {"cost_per_use_micros", leases > 0 ? spent / leases : 0},
         {"one_session_per_request_micros", one_each},
         {"saving_micros", leases > 0 ? one_each - spent : 0},
-        {"budget_exceeded", p.exceeded},
+        {"budget_exceeded", budgets_.pool_exceeded(name)},
         {"hourly_rate_micros", p.meter.hourly_rate()}});
   }
 
   return json::object{{"today", date_text(today)},
                       {"total_micros", total_today},
-                      {"total", dollars(total_today)},
+                      {"total", core::dollars_text(total_today)},
                       {"by_pool", std::move(by_pool)},
                       {"by_tenant", std::move(by_tenant)},
                       {"by_kind", std::move(by_kind)},

@@ -1,11 +1,12 @@
 // The daemon's books: what every pool's sessions cost (core::CostMeter per
-// pool), spending against the budgets (core::BudgetBook: global, per pool,
-// per tenant), and the durable record of both in the store.
+// pool), spending against the budgets (core::Budgets, which holds the rules),
+// and the durable record of both in the store.
 //
 // The pools report their core events (on their strands); the ledger turns
-// them into charges, session and lease rows, and budget decisions, which it
-// hands back through the budget hook (the daemon then stops or restores the
-// pool's starts). tick() charges the time that passed and notices a new day
+// them into charges and session and lease rows, and hands the budgets'
+// decisions on: notices to the log and the audit log, a pool's change
+// through the budget hook (the daemon then stops or restores the pool's
+// starts). tick() charges the time that passed and notices a new day
 // or month.
 //
 // A response that acknowledges a charge (an acquire, a release) waits on
@@ -33,6 +34,7 @@
 #include <vector>
 
 #include "core/actions.h"
+#include "core/budget.h"
 #include "core/cost.h"
 #include "runtime/log.h"
 #include "server/config.h"
@@ -40,12 +42,7 @@
 
 namespace poolkeeper::server {
 
-struct BudgetChange {
-  std::string pool;
-  bool exceeded = false;
-  std::string why;     // which budget, what was spent of what
-  bool drain = false;  // the pool's budget_action is drain
-};
+using BudgetChange = core::PoolBudgetChange;
 
 // Sessions an earlier run left open, sorted at start.
 struct Reconciliation {
@@ -118,10 +115,7 @@ class Ledger {
   };
   struct PoolBooks {
     core::CostMeter meter;
-    core::BudgetLimits budget;
-    BudgetAction action = BudgetAction::kRefuse;
     std::unordered_map<LeaseId, LeaseInfo> leases;
-    bool exceeded = false;
     // Today's activity, for averages and the saving.
     std::int64_t day = 0;
     std::int64_t sessions_created = 0;
@@ -134,10 +128,7 @@ class Ledger {
               std::vector<store::Record>& rows);
   void write(std::vector<store::Record> rows);
   void check_budgets(std::vector<BudgetChange>& changes);
-  void warn_once(const std::string& scope, const core::BudgetStatus& s, std::int64_t day);
   void deliver(const std::vector<BudgetChange>& changes);
-  static std::string scope_name(const std::string& scope);
-  std::string describe(const std::string& scope, const core::BudgetStatus& s) const;
 
   store::Store* store_;  // null: no store
   std::function<std::int64_t()> now_ms_;
@@ -145,12 +136,9 @@ class Ledger {
 
   mutable std::mutex mu_;
   BudgetHook hook_;
-  core::BudgetBook book_;
+  core::Budgets budgets_;
   std::map<std::string, PoolBooks> pools_;
-  std::map<std::string, core::BudgetLimits> tenants_;
-  core::BudgetLimits global_;
   std::map<std::int64_t, std::map<Key, std::int64_t>> daily_;  // day -> totals
-  std::set<std::pair<std::string, std::int64_t>> warned_;     // (scope, day)
   std::int64_t day_ = 0;
 };
 

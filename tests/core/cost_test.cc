@@ -212,39 +212,5 @@ TEST(CostCalendarTest, DaysAndMonths) {
   EXPECT_EQ(month_of_day(20'454), 2026 * 12);       // 2026-01-01
 }
 
-// Verifies budget levels: below the warning, at 80 %, at the limit; the worse
-// of the daily and monthly budgets counts; scopes are apart.
-TEST(BudgetBookTest, LevelsFollowSpending) {
-  BudgetBook b;
-  b.set_limits("pool:p", {.daily = 1'000, .monthly = 10'000});
-  b.add({"", "pool:p", "tenant:a"}, kDay0, 799);
-  EXPECT_EQ(b.status("pool:p", kDay0).level, BudgetLevel::kOk);
-  b.add({"", "pool:p"}, kDay0, 1);
-  BudgetStatus s = b.status("pool:p", kDay0);
-  EXPECT_EQ(s.level, BudgetLevel::kWarning);
-  EXPECT_EQ(s.spent, 800);
-  EXPECT_EQ(s.limit, 1'000);
-  EXPECT_FALSE(s.monthly);
-  b.add({"pool:p"}, kDay0, 200);
-  EXPECT_EQ(b.status("pool:p", kDay0).level, BudgetLevel::kExceeded);
-  EXPECT_EQ(b.status("pool:p", kDay0 + 1).level, BudgetLevel::kOk) << "a new day";
-  EXPECT_EQ(b.status("tenant:a", kDay0).level, BudgetLevel::kOk) << "no limit";
-  EXPECT_EQ(b.spent_on_day("tenant:a", kDay0), 799);
-  EXPECT_EQ(b.spent_on_day("", kDay0), 800);
-  // The month: 10 more days at 999 each (99.9 % of a day's budget) pass the
-  // monthly limit, which is then the worse.
-  for (int d = 1; d <= 10; ++d) b.add({"pool:p"}, kDay0 + d, 999);
-  s = b.status("pool:p", kDay0 + 10);
-  EXPECT_EQ(s.level, BudgetLevel::kExceeded);
-  EXPECT_TRUE(s.monthly);
-  EXPECT_EQ(s.spent, 1'000 + 10 * 999);
-  EXPECT_EQ(s.limit, 10'000);
-  b.forget_before(kDay0 + 10);
-  EXPECT_EQ(b.spent_on_day("pool:p", kDay0), 0);
-  EXPECT_EQ(b.spent_in_month("pool:p", kDay0 + 10), 1'000 + 10 * 999) << "the month stays";
-  b.set_limits("pool:p", {});
-  EXPECT_EQ(b.status("pool:p", kDay0 + 10).level, BudgetLevel::kOk);
-}
-
 }  // namespace
 }  // namespace poolkeeper::core
