@@ -142,12 +142,6 @@ constexpr Retained kRetained[] = {
 constexpr int kDeleteChunk = 1000;
 constexpr int kChunksPerRun = 100;  // at most this many chunks per table per maintenance run
 
-std::int64_t wall_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             real_clock().wall_now().time_since_epoch())
-      .count();
-}
-
 Error unavailable(const SqliteError& e) {
   return Error(ErrorCode::kStoreUnavailable, std::string("the store could not commit: ") + e.what(),
                std::chrono::milliseconds(1000));
@@ -317,15 +311,31 @@ void Store::query(std::function<void(Db&)> fn, Done done) {
   answer(done, std::unexpected(Error(ErrorCode::kShutdown, "the store is closed")));
 }
 
+std::expected<void, Error> Store::outcome(const Job& barrier) const {
+  std::lock_guard lock(mu_);
+  auto it = failed_.upper_bound(barrier.since);
+  if (it != failed_.end() && it->first < barrier.seq) return std::unexpected(it->second);
+  return {};
+}
+
 void Store::loop() {
   for (;;) {
     std::vector<Job> batch;
+    // Barriers with no write queued before them: every write they wait for
+    // is done (the thread takes jobs in order), so they are answered now
+    // rather than after the next commit.
+    std::vector<Job> ready;
     {
       std::unique_lock lock(mu_);
       wake_.wait_for(lock, std::min<std::chrono::milliseconds>(options_.maintenance_every,
                                                                std::chrono::seconds(10)),
                      [&] { return closing_ || !jobs_.empty(); });
       if (jobs_.empty() && closing_) break;
+      while (!jobs_.empty() && jobs_.front().barrier) {
+        --barriers_queued_;
+        ready.push_back(std::move(jobs_.front()));
+        jobs_.pop_front();
+      }
       auto is_query = [](const Job& j) { return j.records.empty() && !j.barrier; };
       if (!jobs_.empty() && !is_query(jobs_.front())) {
         // Every write queued now goes into one transaction, with the
@@ -354,6 +364,7 @@ void Store::loop() {
         jobs_.pop_front();
       }
     }
+    for (const Job& b : ready) answer(b.done, outcome(b));
     if (!batch.empty() && batch.front().records.empty() && !batch.front().barrier) {
       Job& q = batch.front();
       try {
@@ -370,15 +381,7 @@ void Store::loop() {
       std::vector<Job> writes, barriers;
       for (Job& j : batch) (j.barrier ? barriers : writes).push_back(std::move(j));
       if (!writes.empty()) commit(writes);
-      for (const Job& b : barriers) {
-        std::expected<void, Error> outcome;
-        {
-          std::lock_guard lock(mu_);
-          auto it = failed_.upper_bound(b.since);
-          if (it != failed_.end() && it->first < b.seq) outcome = std::unexpected(it->second);
-        }
-        answer(b.done, std::move(outcome));
-      }
+      for (const Job& b : barriers) answer(b.done, outcome(b));
     }
     if (options_.now_ms() >= next_maintenance_ms_) run_maintenance(*db_);
   }

@@ -265,6 +265,8 @@ class Store {
   Store(StoreOptions options, std::unique_ptr<Db> db, std::int64_t run, int version);
   void loop();
   void commit(std::vector<Job>& batch);
+  // A barrier's answer: the failure of a write between its mark and it, if any.
+  std::expected<void, Error> outcome(const Job& barrier) const;
   void apply(Db& db, const Record& r);
   void run_maintenance(Db& db);
   std::expected<void, Error> wait(std::function<void(Db&)> fn);
