@@ -24,12 +24,14 @@
 #   scripts/bench_http.sh --ledger [--runs 3] [--duration 10] [--connections "16 64"]
 #
 # The store's cost instead: the same lease + release load (64 sessions)
-# against three daemons in turn: the store off; the store on with a pool
-# without prices (the lease rows are written without the requests waiting);
-# the store on with a priced pool (every acquire and release answers only once
-# its charges are committed), and the same with sync_to_disk = false (commits
-# survive the daemon, not the machine). Prints medians and each one's ratio to the
-# store-off daemon, and the store's transactions and records per second.
+# against four daemons, all started first and loaded in turn within each run
+# (the order rotating from run to run, so the machine's noise spreads over
+# all four): the store off; the store on with a pool without prices (the
+# lease rows are written without the requests waiting); the store on with a
+# priced pool (every acquire and release answers only once its charges are
+# committed), and the same with sync_to_disk = false (commits survive the
+# daemon, not the machine). Prints medians and each one's ratio to the
+# store-off daemon, and the store's transactions and records per loaded second.
 #
 #   scripts/bench_http.sh --events [--runs 3] [--duration 10] [--connections "16 64"]
 #
@@ -173,23 +175,25 @@ poll() {
 }
 http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$1" || true; }
 
-# Starts the daemon on $tmp/poolkeeper.toml; sets daemon_pid and daemon_port.
+# Starts the daemon on DIR/poolkeeper.toml (DIR: $1, else $tmp), its log in
+# DIR/daemon.log; sets daemon_pid and daemon_port.
 start_daemon() {
+  local dir="${1:-$tmp}"
   # setsid: outside the terminal's process group, so Ctrl-C reaches only this
   # script, which then stops the daemon with one SIGTERM (a clean shutdown)
   # instead of the daemon seeing two signals.
-  setsid "$bin/poolkeeper" serve --config "$tmp/poolkeeper.toml" 2>"$tmp/daemon.log" </dev/null &
+  setsid "$bin/poolkeeper" serve --config "$dir/poolkeeper.toml" 2>"$dir/daemon.log" </dev/null &
   daemon_pid=$!
   started+=("$daemon_pid")
   listening() {
-    alive "$daemon_pid" || { echo "bench_http.sh: the daemon exited:" >&2; cat "$tmp/daemon.log" >&2; exit 1; }
-    grep -qs '"msg":"listening"' "$tmp/daemon.log"
+    alive "$daemon_pid" || { echo "bench_http.sh: the daemon exited:" >&2; cat "$dir/daemon.log" >&2; exit 1; }
+    grep -qs '"msg":"listening"' "$dir/daemon.log"
   }
   poll 30 listening || { echo "bench_http.sh: the daemon did not listen within 30 s" >&2; exit 1; }
-  daemon_port="$(grep -m1 '"msg":"listening"' "$tmp/daemon.log" | sed -E 's/.*"address":"[^"]*:([0-9]+)".*/\1/')"
+  daemon_port="$(grep -m1 '"msg":"listening"' "$dir/daemon.log" | sed -E 's/.*"address":"[^"]*:([0-9]+)".*/\1/')"
   # Ready: /health is 200 once every pool has its min sessions running.
   healthy() {
-    alive "$daemon_pid" || { echo "bench_http.sh: the daemon exited:" >&2; cat "$tmp/daemon.log" >&2; exit 1; }
+    alive "$daemon_pid" || { echo "bench_http.sh: the daemon exited:" >&2; cat "$dir/daemon.log" >&2; exit 1; }
     [[ "$(http_code "http://127.0.0.1:$daemon_port/health")" == 200 ]]
   }
   poll 120 healthy || { echo "bench_http.sh: the daemon was not healthy within 120 s" >&2; exit 1; }
@@ -202,11 +206,11 @@ stat_field() { grep -o "\"$1\":[0-9]*" | head -1 | cut -d: -f2; }
 # leases are expected after a load run (acquires answered after wrk stopped
 # reading) and only counted.
 log_problems() {
-  local reclaimed others
-  reclaimed="$(grep -c '"msg":"lease reclaimed after its lease timeout"' "$tmp/daemon.log" || true)"
-  others="$(grep -E '"level":"(warn|error)"' "$tmp/daemon.log" | grep -vc '"msg":"lease reclaimed after its lease timeout"' || true)"
+  local log="${1:-$tmp}/daemon.log" reclaimed others
+  reclaimed="$(grep -c '"msg":"lease reclaimed after its lease timeout"' "$log" || true)"
+  others="$(grep -E '"level":"(warn|error)"' "$log" | grep -vc '"msg":"lease reclaimed after its lease timeout"' || true)"
   echo "daemon log: $others warning/error lines ($reclaimed more for reclaimed leases)"
-  grep -E '"level":"(warn|error)"' "$tmp/daemon.log" | grep -v '"msg":"lease reclaimed after its lease timeout"' | head -5 || true
+  grep -E '"level":"(warn|error)"' "$log" | grep -v '"msg":"lease reclaimed after its lease timeout"' | head -5 || true
 }
 
 # Stops the daemon cleanly and reports how it exited.
@@ -290,15 +294,18 @@ if ((ledger)); then
   results="$tmp/results.txt"
   : >"$results"
   echo "runs $runs, ${duration} s each, connections: $connections; $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-  for mode in off on priced priced-normal; do
-    rm -f "$tmp"/poolkeeper.db*
+  modes=(off on priced priced-normal)
+  declare -A pid_of port_of
+  for mode in "${modes[@]}"; do
+    dir="$tmp/$mode"
+    mkdir -p "$dir"
     store_enabled=true
     prices=""
     sync_to_disk=true
     [[ "$mode" == off ]] && store_enabled=false
     [[ "$mode" == priced* ]] && prices=$'cost_per_session = 0.01\ncost_per_use = 0.001\ncost_per_hour_alive = 0.05'
     [[ "$mode" == priced-normal ]] && sync_to_disk=false
-    cat >"$tmp/poolkeeper.toml" <<EOF
+    cat >"$dir/poolkeeper.toml" <<EOF
 [server]
 listen = "127.0.0.1:0"
 auth = "none"
@@ -307,7 +314,7 @@ shutdown_grace = "2s"
 [store]
 enabled = $store_enabled
 sync_to_disk = $sync_to_disk
-path = "$tmp/poolkeeper.db"
+path = "$dir/poolkeeper.db"
 
 [pools.echo]
 command = ["$bin/poolkeeper-echo-worker"]
@@ -317,23 +324,34 @@ max_queue = 100000
 lease_timeout = "10s"
 $prices
 EOF
-    start_daemon
-    started_at=$(date +%s)
-    for ((run = 1; run <= runs; run++)); do
-      for c in $connections; do
+    start_daemon "$dir"
+    pid_of[$mode]=$daemon_pid
+    port_of[$mode]=$daemon_port
+  done
+  loads=0
+  for ((run = 1; run <= runs; run++)); do
+    for c in $connections; do
+      for ((i = 0; i < ${#modes[@]}; i++)); do
+        mode="${modes[(i + run - 1) % ${#modes[@]}]}"
+        daemon_pid=${pid_of[$mode]}
+        daemon_port=${port_of[$mode]}
         lease_load "$mode" "$run" "$c" "$(printf 'store %-13s' "$mode")"
       done
+      loads=$((loads + 1))
     done
-    elapsed=$(($(date +%s) - started_at))
-    ((elapsed > 0)) || elapsed=1
-    log_problems
+  done
+  loaded=$((loads * duration))  # seconds each daemon was under load
+  for mode in "${modes[@]}"; do
+    daemon_pid=${pid_of[$mode]}
+    echo "store $mode:"
+    log_problems "$tmp/$mode"
     stop_daemon
-    closed="$(grep -m1 '"msg":"store closed"' "$tmp/daemon.log" || true)"
+    closed="$(grep -m1 '"msg":"store closed"' "$tmp/$mode/daemon.log" || true)"
     if [[ -n "$closed" ]]; then
       tx="$(grep -o '"transactions":"[0-9]*"' <<<"$closed" | grep -o '[0-9][0-9]*')"
       rec="$(grep -o '"records":"[0-9]*"' <<<"$closed" | grep -o '[0-9][0-9]*')"
       big="$(grep -o '"largest_transaction":"[0-9]*"' <<<"$closed" | grep -o '[0-9][0-9]*')"
-      echo "store $mode: $tx commits, $rec records in $elapsed s: $((rec / elapsed)) records/s, $((tx / elapsed)) commits/s, $((rec / (tx > 0 ? tx : 1))) records a commit on average, $big at most" >>"$tmp/store.txt"
+      echo "store $mode: $tx commits, $rec records in $loaded s under load: $((rec / loaded)) records/s, $((tx / loaded)) commits/s, $((rec / (tx > 0 ? tx : 1))) records a commit on average, $big at most" >>"$tmp/store.txt"
     fi
   done
   echo
