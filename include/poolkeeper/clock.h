@@ -8,6 +8,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 
 namespace poolkeeper {
 
@@ -28,6 +29,10 @@ class Clock {
 
 // The process-wide real clock (steady_clock and system_clock).
 Clock& real_clock();
+
+// The real clock's wall time as UNIX milliseconds: what the ledger, the
+// store and the alerts record.
+std::int64_t wall_ms();
 
 // The deadline `timeout` after `now`: `now` for a timeout of zero or less
 // (try once), TimePoint::max() when the sum would overflow (wait forever).

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "runtime/log.h"
+#include "runtime/text.h"
 
 namespace poolkeeper::monitor {
 namespace {
@@ -174,7 +175,7 @@ std::shared_ptr<Subscription> EventBus::subscribe(EventFilter filter, std::optio
 void EventBus::publish(std::string_view pool, const core::Event& event) {
   json::object o;
   if (event.session != 0) o["session"] = event.session;
-  if (event.lease != 0) o["lease"] = std::string(pool) + "." + std::to_string(event.lease);
+  if (event.lease != 0) o["lease"] = runtime::pool_scoped_id(pool, event.lease);
   if (wants_reason(event.type)) o["reason"] = to_string(event.reason);
   o["value"] = event.value;
   if (!event.detail.empty()) o["detail"] = event.detail;

@@ -39,4 +39,8 @@ Clock& real_clock() {
   return clock;
 }
 
+std::int64_t wall_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(real_clock().wall_now().time_since_epoch()).count();
+}
+
 }  // namespace poolkeeper

@@ -6,12 +6,19 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 
 #include "poolkeeper/clock.h"
 
 namespace poolkeeper::runtime {
+
+// A lease's or reservation's id as clients see it: "POOL.N" (the server's
+// split_id() reads it back).
+inline std::string pool_scoped_id(std::string_view pool, std::uint64_t id) {
+  return std::string(pool) + "." + std::to_string(id);
+}
 
 // "250 ms".
 inline std::string ms_text(Duration d) {

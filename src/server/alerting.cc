@@ -25,10 +25,6 @@ using namespace std::chrono_literals;
 
 double seconds_of(Duration d) { return std::chrono::duration<double>(d).count(); }
 
-std::int64_t wall_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(real_clock().wall_now().time_since_epoch()).count();
-}
-
 // What GET /v1/alerts lists and the webhooks receive.
 struct Change {
   std::int64_t at_ms = 0;

@@ -48,7 +48,7 @@ json::value wall_json(TimePoint t) {
 }
 
 std::string lease_text(std::string_view pool, LeaseId lease) {
-  return std::string(pool) + "." + std::to_string(lease);
+  return runtime::pool_scoped_id(pool, lease);
 }
 
 json::object session_json(const runtime::SessionView& s) {

@@ -75,12 +75,6 @@ std::vector<std::string> needs_restart(const DaemonConfig& was, const DaemonConf
   return out;
 }
 
-std::int64_t wall_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             real_clock().wall_now().time_since_epoch())
-      .count();
-}
-
 std::string joined(const std::vector<std::string>& parts) {
   std::string s;
   for (const std::string& p : parts) s += (s.empty() ? "" : ", ") + p;

@@ -128,11 +128,6 @@ std::optional<std::int64_t> provider_time_ms(std::string_view iso) {
 
 namespace {
 
-std::int64_t wall_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(real_clock().wall_now().time_since_epoch())
-      .count();
-}
-
 }  // namespace
 
 struct RemoteDriver::Shared {
