@@ -274,11 +274,12 @@ void print_cost(const json::value& v, std::ostream& out) {
   }
   out << "\n";
   std::vector<std::vector<std::string>> rows{
-      {"POOL", "TODAY", "SESSIONS", "LEASES", "PER SESSION", "PER USE", "SAVED", "BUDGET"}};
+      {"POOL", "TODAY", "SESSIONS", "LEASES", "OK", "PER SESSION", "PER USE", "PER OK USE", "SAVED", "BUDGET"}};
   for (const json::value& p : v.at("pools").as_array()) {
     rows.push_back({text(p, "pool"), money(num(p, "spent_today_micros")),
                     std::to_string(num(p, "sessions_created")), std::to_string(num(p, "leases")),
-                    money(num(p, "cost_per_session_micros")), money(num(p, "cost_per_use_micros")),
+                    std::to_string(num(p, "successful_uses")), money(num(p, "cost_per_session_micros")),
+                    money(num(p, "cost_per_use_micros")), money(num(p, "cost_per_successful_use_micros")),
                     money(num(p, "saving_micros")),
                     p.at("budget_exceeded").as_bool() ? "spent" : "ok"});
   }

@@ -53,6 +53,15 @@ struct Action {
   Error error;
 };
 
+enum class ReleaseOutcome : std::uint8_t {
+  kOk,      // the session is fine
+  kError,   // the work failed; the session lost health but may be reused
+  kBroken,  // the session must not be reused
+};
+
+// "ok", "error", "broken".
+std::string_view to_string(ReleaseOutcome outcome);
+
 enum class EventType : std::uint8_t {
   kSessionStarting,
   kSessionStarted,
@@ -63,7 +72,7 @@ enum class EventType : std::uint8_t {
   kSessionClosing,
   kSessionClosed,   // value: the leases it served
   kLeaseGranted,    // only with PoolConfig::lease_events (detail: the owner)
-  kLeaseReleased,   // only with PoolConfig::lease_events
+  kLeaseReleased,   // only with PoolConfig::lease_events (value: the ReleaseOutcome)
   kLeaseReclaimed,
   kLeaseLost,       // the leased session died
   kWaiterTimedOut,

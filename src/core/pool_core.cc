@@ -725,7 +725,9 @@ std::expected<void, Error> PoolCore::release(LeaseId lease, std::optional<std::s
   if (outcome == ReleaseOutcome::kOk && release_fast(s, now)) [[likely]] return {};
 
   note_hold(s, now);
-  if (config_.lease_events) emit(out, EventType::kLeaseReleased, now, s.id, s.lease_id);
+  if (config_.lease_events) {
+    emit(out, EventType::kLeaseReleased, now, s.id, s.lease_id, {}, static_cast<std::int64_t>(outcome));
+  }
   end_lease(s, now, ErrorCode::kLeaseAlreadyReleased);
   s.last_used = now;
 
@@ -1639,6 +1641,15 @@ std::vector<SessionInfo> PoolCore::sessions(TimePoint now) const {
     if (s.in_use) list.push_back(*session(s.id, now));
   }
   return list;
+}
+
+std::string_view to_string(ReleaseOutcome outcome) {
+  switch (outcome) {
+    case ReleaseOutcome::kOk: return "ok";
+    case ReleaseOutcome::kError: return "error";
+    case ReleaseOutcome::kBroken: return "broken";
+  }
+  return "ok";
 }
 
 ReleaseOutcome release_outcome_for(ErrorCode code) {

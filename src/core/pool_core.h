@@ -79,12 +79,6 @@ struct QueuedView {
   std::string owner{};
 };
 
-enum class ReleaseOutcome : std::uint8_t {
-  kOk,      // the session is fine
-  kError,   // the work failed; the session lost health but may be reused
-  kBroken,  // the session must not be reused
-};
-
 // How a lease whose request failed with `code` goes back: broken when the
 // session itself failed (died, broke its protocol, hung), with an error otherwise.
 ReleaseOutcome release_outcome_for(ErrorCode code);

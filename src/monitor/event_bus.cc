@@ -179,6 +179,9 @@ void EventBus::publish(std::string_view pool, const core::Event& event) {
   if (wants_reason(event.type)) o["reason"] = to_string(event.reason);
   o["value"] = event.value;
   if (!event.detail.empty()) o["detail"] = event.detail;
+  if (event.type == core::EventType::kLeaseReleased) {
+    o["outcome"] = core::to_string(static_cast<core::ReleaseOutcome>(event.value));
+  }
   if (event.type == core::EventType::kAutoscaled) {
     o["previous"] = event.previous;
     o["confidence"] = std::round(event.confidence * 1000) / 1000;

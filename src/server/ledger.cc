@@ -25,11 +25,13 @@ std::string date_text(std::int64_t day) {
   return buf;
 }
 
-std::string_view lease_outcome(core::EventType type) {
-  switch (type) {
+// A lease row's outcome: ok, error or broken (as its holder released it),
+// reclaimed (at its lease timeout) or lost (its session died).
+std::string_view lease_outcome(const core::Event& e) {
+  switch (e.type) {
     case core::EventType::kLeaseReclaimed: return "reclaimed";
     case core::EventType::kLeaseLost: return "lost";
-    default: return "released";
+    default: return core::to_string(static_cast<core::ReleaseOutcome>(e.value));
   }
 }
 
@@ -183,7 +185,7 @@ void Ledger::on_event(const std::string& pool, const core::Event& e) {
     const std::int64_t today = core::day_of(now);
     if (p.day != today) {
       p.day = today;
-      p.sessions_created = p.leases_ended = p.lease_ms = 0;
+      p.sessions_created = p.leases_ended = p.leases_ok = p.lease_ms = 0;
     }
     std::vector<core::CostCharge> charges;
     std::vector<store::Record> rows;
@@ -217,6 +219,9 @@ void Ledger::on_event(const std::string& pool, const core::Event& e) {
           std::int64_t cost = 0;
           for (const auto& c : charges) cost += c.micros;
           ++p.leases_ended;
+          if (e.type == EventType::kLeaseReleased && e.value == static_cast<std::int64_t>(core::ReleaseOutcome::kOk)) {
+            ++p.leases_ok;
+          }
           p.lease_ms += now - l->second.started_ms;
           rows.push_back(store::LeaseEnded{.pool = pool,
                                            .session = e.session,
@@ -224,7 +229,7 @@ void Ledger::on_event(const std::string& pool, const core::Event& e) {
                                            .tenant = l->second.tenant,
                                            .started_ms = l->second.started_ms,
                                            .ended_ms = now,
-                                           .outcome = std::string(lease_outcome(e.type)),
+                                           .outcome = std::string(lease_outcome(e)),
                                            .cost_micros = cost});
           p.leases.erase(l);
         }
@@ -476,6 +481,7 @@ json::object Ledger::report(const CostQuery& q) const {
     const bool fresh_day = p.day == today;
     const std::int64_t created = fresh_day ? p.sessions_created : 0;
     const std::int64_t leases = fresh_day ? p.leases_ended : 0;
+    const std::int64_t successful = fresh_day ? p.leases_ok : 0;
     const std::int64_t lease_ms = fresh_day ? p.lease_ms : 0;
     const core::CostModel& m = p.meter.model();
     const std::int64_t one_each =
@@ -488,6 +494,8 @@ json::object Ledger::report(const CostQuery& q) const {
         {"leases", leases},
         {"cost_per_session_micros", created > 0 ? spent / created : 0},
         {"cost_per_use_micros", leases > 0 ? spent / leases : 0},
+        {"successful_uses", successful},
+        {"cost_per_successful_use_micros", successful > 0 ? spent / successful : 0},
         {"one_session_per_request_micros", one_each},
         {"saving_micros", leases > 0 ? one_each - spent : 0},
         {"budget_exceeded", budgets_.pool_exceeded(name)},

@@ -120,6 +120,7 @@ class Ledger {
     std::int64_t day = 0;
     std::int64_t sessions_created = 0;
     std::int64_t leases_ended = 0;
+    std::int64_t leases_ok = 0;  // released by their holder as fine
     std::int64_t lease_ms = 0;
   };
   using Key = std::tuple<std::string, std::string, std::string>;  // pool, tenant, kind

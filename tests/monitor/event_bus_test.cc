@@ -49,6 +49,22 @@ TEST(EventBus, EventsCarryIncreasingIdsFromTheStartTimeAndTheirFields) {
   EXPECT_EQ(bus.last_id(), kFirstId + 1);
 }
 
+// Verifies that a released lease names how its holder gave it back, and
+// its id as clients see it.
+TEST(EventBus, AReleasedLeaseNamesItsOutcome) {
+  EventBus bus({}, kStart);
+  auto sub = bus.subscribe({});
+  bus.publish("p", core::Event{.type = core::EventType::kLeaseReleased, .session = 3, .lease = 42,
+                               .value = static_cast<std::int64_t>(core::ReleaseOutcome::kBroken)});
+  bus.publish("p", core::Event{.type = core::EventType::kLeaseReleased, .session = 3, .lease = 43});
+  auto got = sub->take();
+  ASSERT_EQ(got.size(), 2u);
+  const json::object broken = json::parse(got[0].json).as_object();
+  EXPECT_EQ(broken.at("outcome").as_string(), "broken");
+  EXPECT_EQ(broken.at("lease").as_string(), "p.42");
+  EXPECT_EQ(json::parse(got[1].json).at("outcome").as_string(), "ok");
+}
+
 TEST(EventBus, FiltersByPoolAndTypeWithPrefixes) {
   EventBus bus({}, kStart);
   auto filter = parse_filter("a,b", "session_*,scaled");

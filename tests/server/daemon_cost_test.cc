@@ -134,8 +134,21 @@ TEST_F(DaemonCostTest, ChargesLandInTheLedgerAndTheReport) {
   EXPECT_EQ(integer(own.json(), "total_micros"), 2'000) << "alice sees her own charges";
   EXPECT_EQ(call("GET", "/v1/cost?days=0", kRoot).status, 400);
   EXPECT_EQ(call("GET", "/v1/cost?pool=nope", kRoot).status, 404);
+
+  // A lease given back broken is a use, not a successful one.
+  const std::string broken = lease("paid", kAlice);
+  ASSERT_EQ(call("DELETE", "/v1/leases/" + broken, kAlice, R"({"broken": true})").status, 200);
+  const json::value after = call("GET", "/v1/cost", kRoot).json();
+  const json::value& pool_after = after.at("pools").as_array().at(0);
+  EXPECT_EQ(pool_after.at("leases").as_int64(), 2);
+  EXPECT_EQ(pool_after.at("successful_uses").as_int64(), 1);
+  EXPECT_EQ(pool_after.at("cost_per_successful_use_micros").as_int64(),
+            pool_after.at("spent_today_micros").as_int64());
+  EXPECT_EQ(pool_after.at("cost_per_use_micros").as_int64(), pool_after.at("spent_today_micros").as_int64() / 2);
   stop();
   store::Db db = store::Db::open(daemon_->dir() + "/poolkeeper.db", {});
+  EXPECT_EQ(db.query_integer("SELECT count(*) FROM leases WHERE outcome = 'ok'"), 1);
+  EXPECT_EQ(db.query_integer("SELECT count(*) FROM leases WHERE outcome = 'broken'"), 1);
   EXPECT_EQ(db.query_integer("SELECT count(*) FROM sessions WHERE closed_ms IS NULL"), 0)
       << "every session is closed in the ledger";
   EXPECT_EQ(db.query_integer("SELECT sum(micros) FROM charges"),
