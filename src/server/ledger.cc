@@ -95,6 +95,20 @@ std::expected<void, Error> Ledger::restore() {
     check_budgets(changes);
   }
   deliver(changes);
+  // Today's sessions and leases so far, for the report's averages.
+  auto activity = store_->activity(today * kMillisPerDay, (today + 1) * kMillisPerDay);
+  if (!activity) return std::unexpected(activity.error());
+  std::lock_guard lock(mu_);
+  for (const store::PoolActivity& a : *activity) {
+    auto it = pools_.find(a.pool);
+    if (it == pools_.end()) continue;
+    PoolBooks& p = it->second;
+    p.day = today;
+    p.sessions_created = a.sessions_created;
+    p.leases_ended = a.leases;
+    p.leases_ok = a.leases_ok;
+    p.lease_ms = a.lease_ms;
+  }
   return {};
 }
 

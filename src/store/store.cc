@@ -678,6 +678,37 @@ std::expected<std::vector<DailyCost>, Error> Store::daily_costs(std::int64_t fro
   return out;
 }
 
+std::expected<std::vector<PoolActivity>, Error> Store::activity(std::int64_t from_ms, std::int64_t to_ms) {
+  std::map<std::string, PoolActivity> by_pool;
+  auto r = wait([&](Db& db) {
+    Statement& created = db.prepare(
+        "SELECT pool, count(*) FROM sessions WHERE created_ms >= ? AND created_ms < ? GROUP BY pool");
+    created.bind(1, from_ms).bind(2, to_ms);
+    while (created.step()) by_pool[created.text(0)].sessions_created = created.integer(1);
+    created.reset();
+    // Rows written before outcomes were kept say 'released' for a lease its
+    // holder gave back.
+    Statement& leases = db.prepare(
+        "SELECT pool, count(*), sum(outcome IN ('ok', 'released')), sum(ended_ms - started_ms) FROM leases "
+        "WHERE ended_ms >= ? AND ended_ms < ? GROUP BY pool");
+    leases.bind(1, from_ms).bind(2, to_ms);
+    while (leases.step()) {
+      PoolActivity& a = by_pool[leases.text(0)];
+      a.leases = leases.integer(1);
+      a.leases_ok = leases.integer(2);
+      a.lease_ms = leases.integer(3);
+    }
+    leases.reset();
+  });
+  if (!r) return std::unexpected(r.error());
+  std::vector<PoolActivity> out;
+  for (auto& [pool, a] : by_pool) {
+    a.pool = pool;
+    out.push_back(std::move(a));
+  }
+  return out;
+}
+
 std::expected<std::vector<AlertRecord>, Error> Store::recent_alerts(std::size_t limit) {
   std::vector<AlertRecord> out;
   auto r = wait([&](Db& db) {

@@ -177,6 +177,16 @@ struct DailyCost {
   std::int64_t count = 0;
 };
 
+// A pool's activity over a stretch of time (a day so far): what the cost
+// report's averages are taken over.
+struct PoolActivity {
+  std::string pool;
+  std::int64_t sessions_created = 0;
+  std::int64_t leases = 0;     // leases that ended
+  std::int64_t leases_ok = 0;  // of them, given back as fine
+  std::int64_t lease_ms = 0;   // their time leased
+};
+
 struct StoreStats {
   std::int64_t batches = 0;        // transactions committed for writes
   std::int64_t records = 0;        // records committed
@@ -239,6 +249,9 @@ class Store {
   std::expected<std::vector<OpenSession>, Error> open_sessions_from_earlier_runs();
   std::expected<std::vector<DailyCost>, Error> daily_costs(std::int64_t from_day, std::int64_t to_day);
   std::expected<std::vector<ClientSessionSaved>, Error> client_sessions();
+  // Per pool, the sessions created and the leases that ended in
+  // [from_ms, to_ms).
+  std::expected<std::vector<PoolActivity>, Error> activity(std::int64_t from_ms, std::int64_t to_ms);
   // The last `limit` alert changes, oldest first.
   std::expected<std::vector<AlertRecord>, Error> recent_alerts(std::size_t limit);
 

@@ -223,11 +223,21 @@ TEST_F(DaemonCostTest, SpendingSurvivesARestart) {
     HttpResult r = call("GET", "/v1/pools/capped", kRoot);
     return r.status == 200 && r.json().at("budget_exceeded").as_bool();
   }));
+  // The live session is still leased past the budget.
+  const std::string id = lease("capped", kAlice);
+  ASSERT_EQ(call("DELETE", "/v1/leases/" + id, kAlice).status, 200);
   stop();
   start(text);
   HttpResult cost = call("GET", "/v1/cost", kRoot);
   ASSERT_EQ(cost.status, 200);
   EXPECT_EQ(integer(cost.json(), "total_micros"), 1'000'000) << cost.body;
+  // Today's averages count what the earlier run did.
+  const json::value report = cost.json();  // kept: at() returns references into it
+  const json::value& capped = report.at("pools").as_array().at(0);
+  EXPECT_EQ(capped.at("sessions_created").as_int64(), 1) << cost.body;
+  EXPECT_EQ(capped.at("leases").as_int64(), 1);
+  EXPECT_EQ(capped.at("successful_uses").as_int64(), 1);
+  EXPECT_EQ(capped.at("cost_per_session_micros").as_int64(), 1'000'000);
   HttpResult p = call("GET", "/v1/pools/capped", kRoot);
   EXPECT_TRUE(p.json().at("budget_exceeded").as_bool());
   EXPECT_EQ(p.json().at("sessions").as_int64(), 0) << "min is not kept past the budget";
