@@ -155,23 +155,27 @@ void PoolRunner::do_acquire(const std::shared_ptr<PendingAcquire>& p) {
                                      .lease_timeout = p->args.lease_timeout};
   core::Output out;
   auto r = core_->acquire(request, t, out);
+  std::optional<std::expected<LeaseGrant, Error>> answer_now;
   if (!r) {
     p->answered = true;
-    complete(std::move(p->handler), std::expected<LeaseGrant, Error>(std::unexpected(r.error())));
+    answer_now.emplace(std::unexpected(r.error()));
   } else if (r->granted) {
     p->answered = true;
-    LeaseGrant g{.lease = r->grant.lease,
-                 .session = r->grant.session,
-                 .expires_at = r->grant.expires_at,
-                 .connect = connect_of(r->grant.session)};
-    complete(std::move(p->handler), std::expected<LeaseGrant, Error>(std::move(g)));
+    answer_now.emplace(LeaseGrant{.lease = r->grant.lease,
+                                  .session = r->grant.session,
+                                  .expires_at = r->grant.expires_at,
+                                  .connect = connect_of(r->grant.session)});
   } else {
     p->waiter = r->waiter;
     p->queue_position = r->queue_position;
     p->estimated_wait = r->estimated_wait;
     waiters_.emplace(r->waiter, p);
   }
+  // The events (the ledger's rows among them) go out before the answer: a
+  // caller that waits for what the answer acknowledges to be stored finds
+  // it already handed to the store.
   apply(out);
+  if (answer_now) complete(std::move(p->handler), std::move(*answer_now));
 }
 
 void PoolRunner::answer(core::WaiterId waiter, std::expected<LeaseGrant, Error> result) {
@@ -245,8 +249,8 @@ void PoolRunner::do_release(LeaseId lease, core::ReleaseOutcome outcome,
   if (running != nullptr) running->releasing = false;
   core::Output out;
   auto r = core_->release(lease, std::nullopt, outcome, now(), out);
+  apply(out);  // before the answer, as in do_acquire
   complete(std::move(handler), std::move(r));
-  apply(out);
 }
 
 asio::awaitable<void> PoolRunner::run_reset_and_release(
@@ -265,8 +269,8 @@ asio::awaitable<void> PoolRunner::run_reset_and_release(
                           out);
   // The client's release happened; a session lost during the reset is the pool's business.
   if (!r && r.error().code == ErrorCode::kSessionLost) r = {};
+  apply(out);  // before the answer, as in do_acquire
   complete(std::move(handler), std::move(r));
-  apply(out);
 }
 
 void PoolRunner::initiate_execute(LeaseId lease, std::optional<std::string> owner,
@@ -365,6 +369,12 @@ asio::awaitable<std::expected<T, Error>> PoolRunner::guarded(
 // actions
 
 void PoolRunner::apply(core::Output& out) {
+  // Events first: a grant's waiter must not hear of it before the ledger
+  // has the lease (its caller may wait for the lease's rows to be stored).
+  for (const core::Event& e : out.events) {
+    log_event(e);
+    if (options_.on_event) options_.on_event(e);
+  }
   std::vector<core::WaiterId> wakes;
   for (core::Action& a : out.actions) {
     switch (a.type) {
@@ -392,10 +402,6 @@ void PoolRunner::apply(core::Output& out) {
         wakes.push_back(a.waiter);
         break;
     }
-  }
-  for (const core::Event& e : out.events) {
-    log_event(e);
-    if (options_.on_event) options_.on_event(e);
   }
   out.clear();
   for (core::WaiterId w : wakes) {

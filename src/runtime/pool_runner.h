@@ -96,6 +96,10 @@ struct RunnerOptions {
   Log* log = nullptr;                          // stderr_log() when null
   // Every core event, on the strand (keep it short; post elsewhere for work),
   // until shutdown() has completed: what it captures must live that long.
+  // An event is reported before the answer it goes with is handed to its
+  // caller (the lease_granted before the grant, lease_released before the
+  // release's answer), so what on_event records is there when the caller
+  // hears.
   std::function<void(const core::Event&)> on_event{};
 };
 

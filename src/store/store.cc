@@ -682,7 +682,8 @@ std::expected<std::vector<PoolActivity>, Error> Store::activity(std::int64_t fro
   std::map<std::string, PoolActivity> by_pool;
   auto r = wait([&](Db& db) {
     Statement& created = db.prepare(
-        "SELECT pool, count(*) FROM sessions WHERE created_ms >= ? AND created_ms < ? GROUP BY pool");
+        "SELECT pool, count(*) FROM sessions WHERE created_ms >= ? AND created_ms < ? "
+        "AND reason IS NOT 'swept' GROUP BY pool");  // as the ledger counts them
     created.bind(1, from_ms).bind(2, to_ms);
     while (created.step()) by_pool[created.text(0)].sessions_created = created.integer(1);
     created.reset();

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "testing/process_pool_fixture.h"
@@ -42,6 +43,46 @@ TEST_F(ProcessPoolTest, ExecutesOnWarmWorkers) {
   EXPECT_EQ(sticky->json, R"("user-1")");
   EXPECT_EQ(release(*r, lease->lease).error().code, ErrorCode::kLeaseAlreadyReleased);
   EXPECT_EQ(execute(*r, lease->lease, 1).error().code, ErrorCode::kLeaseAlreadyReleased);
+}
+
+// Verifies that a lease's events reach on_event before its caller hears of
+// the grant or the release (a caller may wait for what on_event recorded to
+// be stored): for a grant at once, a grant to a waiter, and a release.
+TEST_F(ProcessPoolTest, EventsComeBeforeTheAnswers) {
+  struct Seen {
+    std::mutex mu;
+    std::set<LeaseId> granted;
+    std::set<LeaseId> released;
+  };
+  auto seen = std::make_shared<Seen>();
+  runtime::RunnerOptions options;
+  options.on_event = [seen](const core::Event& e) {
+    std::lock_guard lock(seen->mu);
+    if (e.type == core::EventType::kLeaseGranted) seen->granted.insert(e.lease);
+    if (e.type == core::EventType::kLeaseReleased) seen->released.insert(e.lease);
+  };
+  PoolConfig c = pool_config(1, 1);
+  c.lease_events = true;
+  auto r = start(c, test_worker(), options);
+  ASSERT_TRUE(settles_at(*r, 1));
+  auto known = [&](const std::set<LeaseId> Seen::*which, LeaseId lease) {
+    std::lock_guard lock(seen->mu);
+    return ((*seen).*which).contains(lease);
+  };
+  for (int round = 0; round < 50; ++round) {
+    auto first = acquire(*r);
+    ASSERT_TRUE(first.has_value()) << first.error().message;
+    EXPECT_TRUE(known(&Seen::granted, first->lease)) << "granted at once, round " << round;
+    // The next acquire waits for the release, and is granted from the queue.
+    auto waiting = r->acquire({}, asio::use_future);
+    ASSERT_TRUE(wait_until([&] { return snapshot(*r).stats.queue_length == 1; }));
+    ASSERT_TRUE(release(*r, first->lease).has_value());
+    EXPECT_TRUE(known(&Seen::released, first->lease)) << "released, round " << round;
+    auto second = get(std::move(waiting));
+    ASSERT_TRUE(second.has_value()) << second.error().message;
+    EXPECT_TRUE(known(&Seen::granted, second->lease)) << "granted to a waiter, round " << round;
+    ASSERT_TRUE(release(*r, second->lease).has_value());
+  }
 }
 
 // Verifies that a payload far larger than a pipe's buffer goes through both
