@@ -37,6 +37,11 @@ std::string compose(std::string head_json, std::string_view fields) {
   return head_json;
 }
 
+// The event as a listener with `filter` may see it.
+LiveEvent visible_to(const LiveEvent& e, const EventFilter& filter) {
+  return LiveEvent{e.id, e.type, e.pool, e.json_for(filter), e.audience};
+}
+
 }  // namespace
 
 const std::vector<std::string>& event_types() {
@@ -49,6 +54,10 @@ const std::vector<std::string>& event_types() {
     return t;
   }();
   return types;
+}
+
+const std::string& LiveEvent::json_for(const EventFilter& filter) const {
+  return redacted.empty() || filter.sees_owner(owner) ? json : redacted;
 }
 
 bool EventFilter::matches(std::string_view pool, std::string_view type, std::string_view audience) const {
@@ -120,7 +129,7 @@ bool Subscription::push(const LiveEvent& e, bool& wake) {
   if (ended_) return true;
   if (pending_.size() >= limit_) return false;
   wake = pending_.empty();
-  pending_.push_back(e);
+  pending_.push_back(visible_to(e, filter_));
   return true;
 }
 
@@ -156,7 +165,7 @@ std::shared_ptr<Subscription> EventBus::subscribe(EventFilter filter, std::optio
     }
     for (std::size_t i = 0; i < ring_.size(); ++i) {
       const LiveEvent& e = ring_[(ring_head_ + i) % ring_.size()];
-      if (e.id > after && filter.matches(e.pool, e.type, e.audience)) replay.push_back(e);
+      if (e.id > after && filter.matches(e.pool, e.type, e.audience)) replay.push_back(visible_to(e, filter));
     }
   }
   // The replay does not count against falling behind: the queue's bound is
@@ -186,20 +195,44 @@ void EventBus::publish(std::string_view pool, const core::Event& event) {
     o["previous"] = event.previous;
     o["confidence"] = std::round(event.confidence * 1000) / 1000;
   }
-  std::string fields = json::serialize(o);
-  fields = fields.substr(1, fields.size() - 2);
+  auto members = [](const json::object& object) {
+    std::string text = json::serialize(object);
+    return text.substr(1, text.size() - 2);
+  };
+  const std::string fields = members(o);
+  if (event.type == core::EventType::kLeaseGranted && !event.detail.empty()) {
+    // The owner (a tenant) is for admins and that tenant only.
+    o.erase("detail");
+    publish_owned(core::to_string(event.type), pool, fields, event.detail, members(o));
+    return;
+  }
   publish(core::to_string(event.type), pool, fields, true);
+}
+
+std::uint64_t EventBus::publish_owned(std::string_view type, std::string_view pool, std::string_view fields,
+                                      std::string_view owner, std::string_view redacted_fields) {
+  return publish_live(type, pool, fields, true, {}, owner, redacted_fields);
 }
 
 std::uint64_t EventBus::publish(std::string_view type, std::string_view pool, std::string_view fields, bool keep,
                                std::string_view audience) {
+  return publish_live(type, pool, fields, keep, audience, {}, std::nullopt);
+}
+
+std::uint64_t EventBus::publish_live(std::string_view type, std::string_view pool, std::string_view fields, bool keep,
+                                     std::string_view audience, std::string_view owner,
+                                     std::optional<std::string_view> redacted_fields) {
   std::vector<std::shared_ptr<Subscription>> notify;  // to wake: new events, or dropped
   std::uint64_t id = 0;
   {
     std::lock_guard lock(mu_);
     id = keep ? next_id_++ : 0;
-    LiveEvent e{id, std::string(type), std::string(pool), compose(head(id, type, pool, real_clock().wall_now()), fields),
-                std::string(audience)};
+    const std::string head_json = head(id, type, pool, real_clock().wall_now());
+    LiveEvent e{id, std::string(type), std::string(pool), compose(head_json, fields), std::string(audience)};
+    if (redacted_fields) {
+      e.owner = std::string(owner);
+      e.redacted = compose(head_json, *redacted_fields);
+    }
     for (const std::weak_ptr<Subscription>& w : subscribers_) {
       auto sub = w.lock();
       if (!sub || !sub->filter().matches(e.pool, e.type, e.audience)) continue;

@@ -49,6 +49,13 @@ struct LiveEvent {
   std::string pool;      // empty for the daemon's own events
   std::string json;      // the whole event
   std::string audience;  // who may see it besides admins: "" everyone, "tenant:NAME", "admin" admins only
+  // A lease's owner (its tenant) is shown to admins and that tenant only:
+  // the others get `redacted`, the event without it (empty: nothing to hide).
+  std::string owner{};
+  std::string redacted{};
+
+  // What a listener with `filter` receives of it.
+  const std::string& json_for(const struct EventFilter& filter) const;
 };
 
 // Which events a subscriber wants: pools and types, each empty for all. A
@@ -62,6 +69,8 @@ struct EventFilter {
   std::string tenant{};
 
   bool matches(std::string_view pool, std::string_view type, std::string_view audience = {}) const;
+  // Whether it may see whose a lease is.
+  bool sees_owner(std::string_view owner) const { return admin || owner == tenant; }
 };
 
 // A filter from comma-separated lists (the query's `pool` and `type`); an
@@ -89,7 +98,7 @@ class Subscription {
  private:
   friend class EventBus;
   // False when the queue is full: the subscription ends instead.
-  bool push(const LiveEvent& e, bool& wake);
+  bool push(const LiveEvent& e, bool& wake);  // as this subscriber may see it
   bool end(std::string why);  // true if it had not ended before
   std::function<void()> waker() const;
 
@@ -139,6 +148,14 @@ class EventBus {
   std::uint64_t next_id_;
   std::uint64_t dropped_ = 0;
   std::optional<std::string> closed_;  // why close_all() ended everything
+
+  // publish() with an owner: listeners who may not see it get the event
+  // with `redacted_fields` instead.
+  std::uint64_t publish_owned(std::string_view type, std::string_view pool, std::string_view fields,
+                              std::string_view owner, std::string_view redacted_fields);
+  std::uint64_t publish_live(std::string_view type, std::string_view pool, std::string_view fields, bool keep,
+                             std::string_view audience, std::string_view owner,
+                             std::optional<std::string_view> redacted_fields);
   std::vector<std::weak_ptr<Subscription>> subscribers_;
 };
 

@@ -65,6 +65,31 @@ TEST(EventBus, AReleasedLeaseNamesItsOutcome) {
   EXPECT_EQ(json::parse(got[1].json).at("outcome").as_string(), "ok");
 }
 
+// Verifies that whose a lease is (lease_granted's detail) reaches admins and
+// that tenant only, live and on resume; other tenants get the event without it.
+TEST(EventBus, ALeaseOwnerIsShownToAdminsAndItsTenantOnly) {
+  EventBus bus({}, kStart);
+  auto admin = bus.subscribe({});
+  auto alice = bus.subscribe({.pools = {}, .types = {}, .admin = false, .tenant = "alice"});
+  auto bob = bus.subscribe({.pools = {}, .types = {}, .admin = false, .tenant = "bob"});
+  bus.publish("p", core::Event{.type = core::EventType::kLeaseGranted, .session = 1, .lease = 7, .detail = "alice"});
+  auto detail_of = [](const std::shared_ptr<Subscription>& sub) {
+    auto got = sub->take();
+    EXPECT_EQ(got.size(), 1u);
+    if (got.empty()) return std::string("(none)");
+    const json::object o = json::parse(got[0].json).as_object();
+    EXPECT_EQ(o.at("lease").as_string(), "p.7") << "the event itself is there for everyone";
+    return o.contains("detail") ? std::string(o.at("detail").as_string()) : std::string("(hidden)");
+  };
+  EXPECT_EQ(detail_of(admin), "alice");
+  EXPECT_EQ(detail_of(alice), "alice");
+  EXPECT_EQ(detail_of(bob), "(hidden)");
+  auto bob_again = bus.subscribe({.pools = {}, .types = {}, .admin = false, .tenant = "bob"}, kFirstId - 1);
+  auto alice_again = bus.subscribe({.pools = {}, .types = {}, .admin = false, .tenant = "alice"}, kFirstId - 1);
+  EXPECT_EQ(detail_of(bob_again), "(hidden)") << "resumed";
+  EXPECT_EQ(detail_of(alice_again), "alice") << "resumed";
+}
+
 TEST(EventBus, FiltersByPoolAndTypeWithPrefixes) {
   EventBus bus({}, kStart);
   auto filter = parse_filter("a,b", "session_*,scaled");
