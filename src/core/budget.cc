@@ -33,11 +33,7 @@ void BudgetBook::set_limits(const std::string& scope, BudgetLimits limits) {
   }
 }
 
-void BudgetBook::add(const std::vector<std::string>& scopes, std::int64_t day, std::int64_t micros) {
-  for (const auto& s : scopes) restore(s, day, micros);
-}
-
-void BudgetBook::restore(const std::string& scope, std::int64_t day, std::int64_t micros) {
+void BudgetBook::add(const std::string& scope, std::int64_t day, std::int64_t micros) {
   daily_[{scope, day}] += micros;
   monthly_[{scope, month_of_day(day)}] += micros;
 }
@@ -112,10 +108,10 @@ void Budgets::set_tenants(const std::map<std::string, BudgetLimits>& tenants) {
 
 void Budgets::charge(const std::string& pool, const std::string& tenant, std::int64_t day,
                      std::int64_t micros) {
-  book_.restore("", day, micros);
+  book_.add("", day, micros);
   auto it = pools_.find(pool);
-  book_.restore(it != pools_.end() ? it->second.scope : "pool:" + pool, day, micros);
-  if (!tenant.empty()) book_.restore("tenant:" + tenant, day, micros);
+  book_.add(it != pools_.end() ? it->second.scope : "pool:" + pool, day, micros);
+  if (!tenant.empty()) book_.add("tenant:" + tenant, day, micros);
 }
 
 void Budgets::notice(const std::string& scope, const BudgetStatus& s, std::int64_t day, BudgetDecisions& out) {

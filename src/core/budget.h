@@ -62,10 +62,8 @@ class BudgetBook {
 
   void set_limits(const std::string& scope, BudgetLimits limits);
   void set_warning(double fraction) { warning_ = fraction; }
-  // Adds a charge to each scope it counts for.
-  void add(const std::vector<std::string>& scopes, std::int64_t day, std::int64_t micros);
-  // Spending restored at start (from the store's daily totals).
-  void restore(const std::string& scope, std::int64_t day, std::int64_t micros);
+  // Spending of one scope on a day (a charge, or a daily total read back at start).
+  void add(const std::string& scope, std::int64_t day, std::int64_t micros);
 
   BudgetStatus status(const std::string& scope, std::int64_t day) const;
   std::int64_t spent_on_day(const std::string& scope, std::int64_t day) const;

@@ -203,16 +203,12 @@ void EventBus::publish(std::string_view pool, const core::Event& event) {
   if (event.type == core::EventType::kLeaseGranted && !event.detail.empty()) {
     // The owner (a tenant) is for admins and that tenant only.
     o.erase("detail");
-    publish_owned(core::to_string(event.type), pool, fields, event.detail, members(o));
+    publish_live(core::to_string(event.type), pool, fields, true, {}, event.detail, members(o));
     return;
   }
   publish(core::to_string(event.type), pool, fields, true);
 }
 
-std::uint64_t EventBus::publish_owned(std::string_view type, std::string_view pool, std::string_view fields,
-                                      std::string_view owner, std::string_view redacted_fields) {
-  return publish_live(type, pool, fields, true, {}, owner, redacted_fields);
-}
 
 std::uint64_t EventBus::publish(std::string_view type, std::string_view pool, std::string_view fields, bool keep,
                                std::string_view audience) {

@@ -43,21 +43,6 @@
 
 namespace poolkeeper::monitor {
 
-struct LiveEvent {
-  std::uint64_t id = 0;  // 0: a snapshot, not kept
-  std::string type;
-  std::string pool;      // empty for the daemon's own events
-  std::string json;      // the whole event
-  std::string audience;  // who may see it besides admins: "" everyone, "tenant:NAME", "admin" admins only
-  // A lease's owner (its tenant) is shown to admins and that tenant only:
-  // the others get `redacted`, the event without it (empty: nothing to hide).
-  std::string owner{};
-  std::string redacted{};
-
-  // What a listener with `filter` receives of it.
-  const std::string& json_for(const struct EventFilter& filter) const;
-};
-
 // Which events a subscriber wants: pools and types, each empty for all. A
 // type ending in '*' matches a prefix ("session_*", "alert_*").
 struct EventFilter {
@@ -71,6 +56,21 @@ struct EventFilter {
   bool matches(std::string_view pool, std::string_view type, std::string_view audience = {}) const;
   // Whether it may see whose a lease is.
   bool sees_owner(std::string_view owner) const { return admin || owner == tenant; }
+};
+
+struct LiveEvent {
+  std::uint64_t id = 0;  // 0: a snapshot, not kept
+  std::string type;
+  std::string pool;      // empty for the daemon's own events
+  std::string json;      // the whole event
+  std::string audience;  // who may see it besides admins: "" everyone, "tenant:NAME", "admin" admins only
+  // A lease's owner (its tenant) is shown to admins and that tenant only:
+  // the others get `redacted`, the event without it (empty: nothing to hide).
+  std::string owner{};
+  std::string redacted{};
+
+  // What a listener with `filter` receives of it.
+  const std::string& json_for(const EventFilter& filter) const;
 };
 
 // A filter from comma-separated lists (the query's `pool` and `type`); an
@@ -149,10 +149,8 @@ class EventBus {
   std::uint64_t dropped_ = 0;
   std::optional<std::string> closed_;  // why close_all() ended everything
 
-  // publish() with an owner: listeners who may not see it get the event
+  // publish(), with an owner: listeners who may not see it get the event
   // with `redacted_fields` instead.
-  std::uint64_t publish_owned(std::string_view type, std::string_view pool, std::string_view fields,
-                              std::string_view owner, std::string_view redacted_fields);
   std::uint64_t publish_live(std::string_view type, std::string_view pool, std::string_view fields, bool keep,
                              std::string_view audience, std::string_view owner,
                              std::optional<std::string_view> redacted_fields);

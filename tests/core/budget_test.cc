@@ -18,15 +18,15 @@ constexpr std::int64_t kDay0 = 20'000;  // 2024-10-04
 TEST(BudgetBookTest, LevelsFollowSpending) {
   BudgetBook b;
   b.set_limits("pool:p", {.daily = 1'000, .monthly = 10'000});
-  b.add({"", "pool:p", "tenant:a"}, kDay0, 799);
+  for (const char* scope : {"", "pool:p", "tenant:a"}) b.add(scope, kDay0, 799);
   EXPECT_EQ(b.status("pool:p", kDay0).level, BudgetLevel::kOk);
-  b.add({"", "pool:p"}, kDay0, 1);
+  for (const char* scope : {"", "pool:p"}) b.add(scope, kDay0, 1);
   BudgetStatus s = b.status("pool:p", kDay0);
   EXPECT_EQ(s.level, BudgetLevel::kWarning);
   EXPECT_EQ(s.spent, 800);
   EXPECT_EQ(s.limit, 1'000);
   EXPECT_FALSE(s.monthly);
-  b.add({"pool:p"}, kDay0, 200);
+  b.add("pool:p", kDay0, 200);
   EXPECT_EQ(b.status("pool:p", kDay0).level, BudgetLevel::kExceeded);
   EXPECT_EQ(b.status("pool:p", kDay0 + 1).level, BudgetLevel::kOk) << "a new day";
   EXPECT_EQ(b.status("tenant:a", kDay0).level, BudgetLevel::kOk) << "no limit";
@@ -34,7 +34,7 @@ TEST(BudgetBookTest, LevelsFollowSpending) {
   EXPECT_EQ(b.spent_on_day("", kDay0), 800);
   // The month: 10 more days at 999 each (99.9 % of a day's budget) pass the
   // monthly limit, which is then the worse.
-  for (int d = 1; d <= 10; ++d) b.add({"pool:p"}, kDay0 + d, 999);
+  for (int d = 1; d <= 10; ++d) b.add("pool:p", kDay0 + d, 999);
   s = b.status("pool:p", kDay0 + 10);
   EXPECT_EQ(s.level, BudgetLevel::kExceeded);
   EXPECT_TRUE(s.monthly);
