@@ -21,9 +21,11 @@ class Clock {
   virtual ~Clock() = default;
   virtual TimePoint now() const = 0;
   virtual WallTime wall_now() const = 0;
-  // A cheap reading for hot paths: never earlier than now() at the call, and
-  // at most a few milliseconds later. Deadlines computed from it are never
-  // early. The default is now().
+  // A cheap reading for hot paths: never later than now() at the call, and
+  // usually within a clock tick (a few milliseconds) of it, though a late
+  // tick on a busy host can make it lag further. Good for time stamps whose
+  // lateness is harmless (idle since, last used); a deadline a caller waits
+  // on must start from now(). The default is now().
   virtual TimePoint coarse_now() const { return now(); }
 };
 

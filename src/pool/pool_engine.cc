@@ -1,10 +1,11 @@
 // The engine behind Pool<T>: one PoolCore behind a mutex, worker threads that
 // run factory calls and ticks, and waiters parked on a futex each.
 //
-// Fast path (an idle session is there): a coarse clock read (CLOCK_MONOTONIC_
-// COARSE plus its resolution, so deadlines are never early), lock,
-// core.try_acquire_fast, unlock; release is lock, core.try_release_fast,
-// unlock. No allocation, no syscall. A waiter parks on its own futex and is
+// Fast path (an idle session is there): a clock read (CLOCK_MONOTONIC_COARSE
+// unless the lease can be reclaimed, whose deadline needs a precise start),
+// lock, core.try_acquire_fast, unlock; release is lock,
+// core.try_release_fast, unlock. No allocation, no syscall. Every reading is
+// at or behind real time, so no deadline is ever judged passed early. A waiter parks on its own futex and is
 // handed its lease directly by whoever frees a session (or, with
 // handoff_after, woken to retry); there is no thundering herd.
 #include <linux/futex.h>
@@ -64,6 +65,7 @@ class PoolEngine {
       : clock_(options.clock != nullptr ? options.clock : &real_clock()),
         cap_(std::move(options.shared_cap)),
         core_(std::move(core)),
+        leases_expire_(core_->config().lease_timeout.count() > 0),
         factory_(std::move(factory)),
         tick_interval_(options.tick_interval.count() > 0 ? options.tick_interval
                                                          : std::chrono::milliseconds(10)) {
@@ -80,18 +82,27 @@ class PoolEngine {
   ~PoolEngine() = default;
 
   std::expected<LeaseHandle, Error> acquire(const AcquireOptions& o) {
-    const TimePoint fresh = clock_->coarse_now();  // outside the lock; deadlines never early
+    // Outside the lock. A lease that can be reclaimed starts its clock from
+    // a precise reading, so it is never reclaimed early; otherwise the cheap
+    // coarse one (never ahead of real time, so now_ never is either).
+    const bool reclaimable = leases_expire_ || o.lease_timeout.count() > 0;
+    const TimePoint fresh = reclaimable ? clock_->now() : clock_->coarse_now();
     Lock lock(mu_);
     if (fresh > now_) now_ = fresh;
-    const TimePoint now = now_;
-    const core::AcquireRequest request{.priority = o.priority,
-                                       .deadline = deadline_after(now, o.timeout),
-                                       .client_session = o.client_session,
-                                       .owner = o.owner,
-                                       .lease_timeout = o.lease_timeout};
+    core::AcquireRequest request{.priority = o.priority,
+                                 .deadline = deadline_after(now_, o.timeout),
+                                 .client_session = o.client_session,
+                                 .owner = o.owner,
+                                 .lease_timeout = o.lease_timeout};
     core::Grant grant;
-    if (core_->try_acquire_fast(request, now, &grant)) return hand_out(grant);
-    auto result = core_->acquire(request, now, out_);
+    if (core_->try_acquire_fast(request, now_, &grant)) return hand_out(grant);
+    // The slow path may queue us: the deadline we wait on starts from a
+    // precise reading, so an acquire never times out early.
+    if (!reclaimable) {
+      refresh_now();
+      request.deadline = deadline_after(now_, o.timeout);
+    }
+    auto result = core_->acquire(request, now_, out_);
     if (!result) {
       if (!out_.empty()) flush(lock);
       return std::unexpected(std::move(result.error()));
@@ -456,10 +467,11 @@ class PoolEngine {
   std::condition_variable_any changed_;
   std::shared_ptr<SharedCap> cap_;  // declared first: outlives the core, which releases into it
   std::unique_ptr<core::PoolCore> core_;
+  const bool leases_expire_;  // the pool reclaims leases held too long
   ErasedFactory factory_;
   Duration tick_interval_;
 
-  TimePoint now_{};  // coarse time: refreshed by ticks and slow paths
+  TimePoint now_{};  // the latest reading: never ahead of real time
   core::Output out_;
   std::vector<void*> objects_;            // by slot
   std::vector<std::uint8_t> handed_out_;  // by slot: a Lease holds the object

@@ -15,21 +15,14 @@ class RealClock final : public Clock {
   WallTime wall_now() const override {
     return std::chrono::time_point_cast<Duration>(std::chrono::system_clock::now());
   }
-  // CLOCK_MONOTONIC_COARSE is the monotonic clock as of the last timer tick
-  // (read without touching the TSC); adding its resolution bounds it from above.
+  // CLOCK_MONOTONIC_COARSE is the monotonic clock as of the last timer tick,
+  // read without touching the clock source: never ahead of now(). (Adding the
+  // tick length does not make it an upper bound: a tick can come late.)
   TimePoint coarse_now() const override {
     timespec ts{};
     clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    return TimePoint{std::chrono::seconds(ts.tv_sec) + Duration(ts.tv_nsec) + resolution_};
+    return TimePoint{std::chrono::seconds(ts.tv_sec) + Duration(ts.tv_nsec)};
   }
-
- private:
-  static Duration coarse_resolution() {
-    timespec res{};
-    clock_getres(CLOCK_MONOTONIC_COARSE, &res);
-    return std::chrono::seconds(res.tv_sec) + Duration(res.tv_nsec);
-  }
-  const Duration resolution_ = coarse_resolution();
 };
 
 }  // namespace

@@ -405,6 +405,75 @@ TEST_F(PoolTest, AcquireTimesOutWhenAllLeased) {
   EXPECT_EQ(pool->stats().queue_length, 0);
 }
 
+// The real clock, except that its cheap reading lags 20 ms behind, as
+// CLOCK_MONOTONIC_COARSE does when a timer tick comes late on a busy host.
+class LaggingCoarseClock final : public Clock {
+ public:
+  TimePoint now() const override { return real_clock().now(); }
+  WallTime wall_now() const override { return real_clock().wall_now(); }
+  TimePoint coarse_now() const override { return real_clock().now() - 20ms; }
+};
+
+// Verifies that an acquire's timeout starts from a precise reading: a lagging
+// coarse clock does not make it time out early.
+TEST_F(PoolTest, AcquireTimeoutIsNeverEarlyWhenTheCoarseClockLags) {
+  LaggingCoarseClock clock;
+  auto pool = make_pool(test_config(1, 1), 7, &clock);
+  ASSERT_NE(pool, nullptr);
+  auto held = pool->acquire(with_timeout(kLongWait));
+  ASSERT_TRUE(held) << describe(held);
+
+  for (int round = 0; round < 5; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    // Let the pool's last clock reading age (ticks refresh it every 10 ms).
+    const TimePoint mark = real_now();
+    ASSERT_TRUE(wait_until([&] { return elapsed_since(mark) > 15ms; }));
+    const TimePoint start = real_now();
+    auto late = pool->acquire(with_timeout(50ms));
+    const Duration waited = elapsed_since(start);
+    ASSERT_FALSE(late);
+    EXPECT_EQ(late.error().code, ErrorCode::kAcquireTimeout);
+    EXPECT_GE(waited, 50ms);
+  }
+}
+
+// Verifies that a lease's timeout starts from a precise reading: a lagging
+// coarse clock does not make the pool reclaim it early.
+TEST_F(PoolTest, LeaseTimeoutIsNeverEarlyWhenTheCoarseClockLags) {
+  constexpr Duration kLeaseTimeout = 50ms;
+  LaggingCoarseClock clock;
+  PoolConfig config = test_config(1, 1);
+  config.lease_timeout = kLeaseTimeout;
+  auto pool = make_pool(config, 7, &clock);
+  ASSERT_NE(pool, nullptr);
+
+  for (int round = 0; round < 5; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    ASSERT_TRUE(wait_idle(*pool, 1));
+    const std::uint64_t reclaimed_before = pool->stats().reclaimed;
+    // Let the pool's last clock reading age: its ticks refresh it every
+    // 10 ms, so an acquire stamped from it (or from the lagging coarse
+    // reading) would start the lease up to 10 ms before the call.
+    const TimePoint idle_at = real_now();
+    ASSERT_TRUE(wait_until([&] { return elapsed_since(idle_at) > 15ms; }));
+    const TimePoint start = real_now();
+    auto lease = pool->acquire(with_timeout(kLongWait));
+    ASSERT_TRUE(lease) << describe(lease);
+    Duration early_reclaim{-1};
+    ASSERT_TRUE(wait_until([&] {
+      const bool reclaimed = pool->stats().reclaimed > reclaimed_before;
+      const Duration since_acquire = elapsed_since(start);  // read after stats
+      if (reclaimed && since_acquire < kLeaseTimeout) early_reclaim = since_acquire;
+      return reclaimed;
+    }));
+    EXPECT_EQ(early_reclaim, Duration{-1})
+        << "reclaimed "
+        << std::chrono::duration_cast<std::chrono::microseconds>(early_reclaim).count()
+        << " us after the acquire started, lease_timeout is 50 ms";
+    EXPECT_EQ(error_code(lease->release()), ErrorCode::kLeaseReclaimed);
+  }
+}
+
 // Verifies that a zero timeout is refused at once when nothing is free.
 TEST_F(PoolTest, ZeroTimeoutFailsAtOnceWhenAllLeased) {
   auto pool = make_pool(test_config(1, 1));

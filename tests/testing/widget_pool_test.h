@@ -17,9 +17,11 @@ namespace poolkeeper::testing {
 
 class WidgetPoolTest : public ::testing::Test {
  protected:
-  std::unique_ptr<Pool<Widget>> make_pool(const PoolConfig& config, std::uint64_t seed = 7) {
+  std::unique_ptr<Pool<Widget>> make_pool(const PoolConfig& config, std::uint64_t seed = 7,
+                                          Clock* clock = nullptr) {
     PoolOptions options;
     options.seed = seed;
+    options.clock = clock;
     auto pool = Pool<Widget>::create(config, counting_factory(counters_), options);
     EXPECT_TRUE(pool) << describe(pool);
     return pool ? std::move(*pool) : nullptr;
