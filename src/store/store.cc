@@ -396,6 +396,25 @@ void Store::loop() {
   db_.reset();
 }
 
+void Store::roll_back() {
+  if (sqlite3_get_autocommit(db_->handle())) return;
+  try {
+    db_->exec("ROLLBACK");
+  } catch (const std::exception&) {
+    // Nothing more to undo.
+  }
+}
+
+void Store::fail(const std::vector<Job>& batch, const Error& error) {
+  {
+    std::lock_guard lock(mu_);
+    ++stats_.failed_batches;
+    for (const Job& j : batch) failed_.emplace(j.seq, error);
+    while (failed_.size() > kKeptFailures) failed_.erase(failed_.begin());
+  }
+  for (const Job& j : batch) answer(j.done, std::unexpected(error));
+}
+
 void Store::commit(std::vector<Job>& batch) {
   std::int64_t records = 0;
   for (const Job& j : batch) records += static_cast<std::int64_t>(j.records.size());
@@ -406,13 +425,7 @@ void Store::commit(std::vector<Job>& batch) {
     }
     db_->exec("COMMIT");
   } catch (const SqliteError& e) {
-    if (!sqlite3_get_autocommit(db_->handle())) {
-      try {
-        db_->exec("ROLLBACK");
-      } catch (const SqliteError&) {
-        // Nothing more to undo.
-      }
-    }
+    roll_back();
     if (!e.is_io() && batch.size() > 1) {
       // One writer's bad record must not fail the others: each alone.
       for (Job& j : batch) {
@@ -422,16 +435,16 @@ void Store::commit(std::vector<Job>& batch) {
       }
       return;
     }
-    const Error error = e.is_io() ? unavailable(e)
-                                  : Error(ErrorCode::kInternal,
-                                          std::string("the store refused the records: ") + e.what());
-    {
-      std::lock_guard lock(mu_);
-      ++stats_.failed_batches;
-      for (const Job& j : batch) failed_.emplace(j.seq, error);
-      while (failed_.size() > kKeptFailures) failed_.erase(failed_.begin());
-    }
-    for (const Job& j : batch) answer(j.done, std::unexpected(error));
+    fail(batch, e.is_io() ? unavailable(e)
+                          : Error(ErrorCode::kInternal,
+                                  std::string("the store refused the records: ") + e.what()));
+    return;
+  } catch (const std::exception& e) {
+    // Out of memory, most likely: nothing of the batch is written, and each
+    // writer and waiter hears so (rather than the store's thread ending the
+    // process).
+    roll_back();
+    fail(batch, Error(ErrorCode::kInternal, std::string("store commit: ") + e.what()));
     return;
   }
   {

@@ -277,7 +277,9 @@ class Store {
 
   Store(StoreOptions options, std::unique_ptr<Db> db, std::int64_t run, int version);
   void loop();
-  void commit(std::vector<Job>& batch);
+  void commit(std::vector<Job>& batch);  // answers every write in it
+  void roll_back();  // the open transaction, if any
+  void fail(const std::vector<Job>& batch, const Error& error);
   // A barrier's answer: the failure of a write between its mark and it, if any.
   std::expected<void, Error> outcome(const Job& barrier) const;
   void apply(Db& db, const Record& r);
