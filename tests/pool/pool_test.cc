@@ -102,6 +102,40 @@ class PoolTest : public testing::WidgetPoolTest {
     return wait_until([&] { return counters_->destroyed.load() == n; });
   }
 
+  // `rounds` times: acquire, wait until the lease is reclaimed, and expect
+  // that no observation of the reclaim came less than `lease_timeout` after
+  // the acquire call began (whatever the scheduling, so this cannot fail on
+  // a correct pool). With `age_first`, the pool's last clock reading is left
+  // to age 15 ms before each acquire (its ticks refresh it every 10 ms).
+  static void expect_reclaims_never_early(Pool<Widget>& pool, Duration lease_timeout, int rounds,
+                                          bool age_first) {
+    for (int round = 0; round < rounds; ++round) {
+      SCOPED_TRACE("round " + std::to_string(round));
+      ASSERT_TRUE(wait_idle(pool, 1));
+      const std::uint64_t reclaimed_before = pool.stats().reclaimed;
+      if (age_first) {
+        const TimePoint idle_at = real_now();
+        ASSERT_TRUE(wait_until([&] { return elapsed_since(idle_at) > 15ms; }));
+      }
+      const TimePoint start = real_now();
+      auto lease = pool.acquire(with_timeout(kLongWait));
+      ASSERT_TRUE(lease) << describe(lease);
+      Duration early_reclaim{-1};
+      ASSERT_TRUE(wait_until([&] {
+        const bool reclaimed = pool.stats().reclaimed > reclaimed_before;
+        const Duration since_acquire = elapsed_since(start);  // read after stats
+        if (reclaimed && since_acquire < lease_timeout) early_reclaim = since_acquire;
+        return reclaimed;
+      }));
+      EXPECT_EQ(early_reclaim, Duration{-1})
+          << "reclaimed at most "
+          << std::chrono::duration_cast<std::chrono::microseconds>(early_reclaim).count()
+          << " us after the acquire started, lease_timeout is "
+          << std::chrono::duration_cast<std::chrono::milliseconds>(lease_timeout).count() << " ms";
+      EXPECT_EQ(error_code(lease->release()), ErrorCode::kLeaseReclaimed);
+    }
+  }
+
 };
 
 // ---------------------------------------------------------------- creation
@@ -446,32 +480,7 @@ TEST_F(PoolTest, LeaseTimeoutIsNeverEarlyWhenTheCoarseClockLags) {
   config.lease_timeout = kLeaseTimeout;
   auto pool = make_pool(config, 7, &clock);
   ASSERT_NE(pool, nullptr);
-
-  for (int round = 0; round < 5; ++round) {
-    SCOPED_TRACE("round " + std::to_string(round));
-    ASSERT_TRUE(wait_idle(*pool, 1));
-    const std::uint64_t reclaimed_before = pool->stats().reclaimed;
-    // Let the pool's last clock reading age: its ticks refresh it every
-    // 10 ms, so an acquire stamped from it (or from the lagging coarse
-    // reading) would start the lease up to 10 ms before the call.
-    const TimePoint idle_at = real_now();
-    ASSERT_TRUE(wait_until([&] { return elapsed_since(idle_at) > 15ms; }));
-    const TimePoint start = real_now();
-    auto lease = pool->acquire(with_timeout(kLongWait));
-    ASSERT_TRUE(lease) << describe(lease);
-    Duration early_reclaim{-1};
-    ASSERT_TRUE(wait_until([&] {
-      const bool reclaimed = pool->stats().reclaimed > reclaimed_before;
-      const Duration since_acquire = elapsed_since(start);  // read after stats
-      if (reclaimed && since_acquire < kLeaseTimeout) early_reclaim = since_acquire;
-      return reclaimed;
-    }));
-    EXPECT_EQ(early_reclaim, Duration{-1})
-        << "reclaimed "
-        << std::chrono::duration_cast<std::chrono::microseconds>(early_reclaim).count()
-        << " us after the acquire started, lease_timeout is 50 ms";
-    EXPECT_EQ(error_code(lease->release()), ErrorCode::kLeaseReclaimed);
-  }
+  expect_reclaims_never_early(*pool, kLeaseTimeout, 5, /*age_first=*/true);
 }
 
 // Verifies that a zero timeout is refused at once when nothing is free.
@@ -644,37 +653,14 @@ TEST_F(PoolTest, ReclaimsLeaseAfterLeaseTimeout) {
 }
 
 // Verifies that a lease is never reclaimed before its lease timeout has
-// passed since it was granted. Every observation of `reclaimed == 1` made
-// less than lease_timeout after the acquire call started is a violation,
-// whatever the scheduling, so this cannot fail on a correct pool.
+// passed since it was granted.
 TEST_F(PoolTest, NeverReclaimsLeaseBeforeLeaseTimeout) {
   constexpr Duration kLeaseTimeout = 100ms;
   PoolConfig config = test_config(1, 1);
   config.lease_timeout = kLeaseTimeout;
   auto pool = make_pool(config);
   ASSERT_NE(pool, nullptr);
-  ASSERT_TRUE(wait_idle(*pool, 1));
-
-  for (int round = 0; round < 3; ++round) {
-    SCOPED_TRACE("round " + std::to_string(round));
-    const std::uint64_t reclaimed_before = pool->stats().reclaimed;
-    const TimePoint start = real_now();
-    auto lease = pool->acquire(with_timeout(kLongWait));
-    ASSERT_TRUE(lease) << describe(lease);
-    Duration early_reclaim{-1};
-    ASSERT_TRUE(wait_until([&] {
-      const bool reclaimed = pool->stats().reclaimed > reclaimed_before;
-      const Duration since_acquire = elapsed_since(start);  // read after stats
-      if (reclaimed && since_acquire < kLeaseTimeout) early_reclaim = since_acquire;
-      return reclaimed;
-    }));
-    EXPECT_EQ(early_reclaim, Duration{-1})
-        << "reclaimed at most "
-        << std::chrono::duration_cast<std::chrono::microseconds>(early_reclaim).count()
-        << " us after the acquire started, lease_timeout is 100 ms";
-    EXPECT_EQ(error_code(lease->release()), ErrorCode::kLeaseReclaimed);
-    ASSERT_TRUE(wait_idle(*pool, 1));
-  }
+  expect_reclaims_never_early(*pool, kLeaseTimeout, 3, /*age_first=*/false);
 }
 
 // Verifies that AcquireOptions::lease_timeout overrides the pool's (off).
