@@ -5,8 +5,9 @@
 // unless the lease can be reclaimed, whose deadline needs a precise start),
 // lock, core.try_acquire_fast, unlock; release is lock,
 // core.try_release_fast, unlock. No allocation, no syscall. Every reading is
-// at or behind real time, so no deadline is ever judged passed early. A waiter parks on its own futex and is
-// handed its lease directly by whoever frees a session (or, with
+// at or behind real time, so a deadline that starts from a precise reading
+// (a lease timeout, an acquire's wait) is never judged passed early. A
+// waiter parks on its own futex and is handed its lease directly by whoever frees a session (or, with
 // handoff_after, woken to retry); there is no thundering herd.
 #include <linux/futex.h>
 #include <sys/syscall.h>

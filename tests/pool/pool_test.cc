@@ -102,6 +102,18 @@ class PoolTest : public testing::WidgetPoolTest {
     return wait_until([&] { return counters_->destroyed.load() == n; });
   }
 
+  // With nothing free: an acquire with `timeout` fails with kAcquireTimeout,
+  // no sooner than `timeout` after the call began.
+  static void expect_times_out_no_earlier(Pool<Widget>& pool, Duration timeout) {
+    const TimePoint start = real_now();
+    auto late = pool.acquire(with_timeout(timeout));
+    const Duration waited = elapsed_since(start);
+    ASSERT_FALSE(late);
+    EXPECT_EQ(late.error().code, ErrorCode::kAcquireTimeout);
+    EXPECT_GE(waited, timeout);
+    EXPECT_LT(waited, kLongWait);
+  }
+
   // `rounds` times: acquire, wait until the lease is reclaimed, and expect
   // that no observation of the reclaim came less than `lease_timeout` after
   // the acquire call began (whatever the scheduling, so this cannot fail on
@@ -428,13 +440,7 @@ TEST_F(PoolTest, AcquireTimesOutWhenAllLeased) {
   auto held = pool->acquire(with_timeout(kLongWait));
   ASSERT_TRUE(held) << describe(held);
 
-  const TimePoint start = real_now();
-  auto late = pool->acquire(with_timeout(50ms));
-  const Duration waited = elapsed_since(start);
-  ASSERT_FALSE(late);
-  EXPECT_EQ(late.error().code, ErrorCode::kAcquireTimeout);
-  EXPECT_GE(waited, 50ms);
-  EXPECT_LT(waited, kLongWait);
+  expect_times_out_no_earlier(*pool, 50ms);
   EXPECT_EQ(pool->stats().timeouts, 1u);
   EXPECT_EQ(pool->stats().queue_length, 0);
 }
@@ -462,12 +468,7 @@ TEST_F(PoolTest, AcquireTimeoutIsNeverEarlyWhenTheCoarseClockLags) {
     // Let the pool's last clock reading age (ticks refresh it every 10 ms).
     const TimePoint mark = real_now();
     ASSERT_TRUE(wait_until([&] { return elapsed_since(mark) > 15ms; }));
-    const TimePoint start = real_now();
-    auto late = pool->acquire(with_timeout(50ms));
-    const Duration waited = elapsed_since(start);
-    ASSERT_FALSE(late);
-    EXPECT_EQ(late.error().code, ErrorCode::kAcquireTimeout);
-    EXPECT_GE(waited, 50ms);
+    expect_times_out_no_earlier(*pool, 50ms);
   }
 }
 
