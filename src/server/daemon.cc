@@ -158,6 +158,11 @@ int run_daemon(const DaemonConfig& config, runtime::Log& log) {
       auto remote = drivers::RemoteDriver::create(e.remote, e.pool.name, instance, run, &log);
       if (remote) {
         remotes[e.pool.name] = remote->get();
+        std::vector<std::string> reconciling;
+        for (const store::OpenSession& s : reconciled->remote) {
+          if (s.pool == e.pool.name) reconciling.push_back(s.external_id);
+        }
+        (*remote)->leave_to_reconciliation(reconciling);
         (*remote)->set_sweep_hook([&ledger, name = e.pool.name](const std::vector<drivers::SweptSession>& swept) {
           ledger.swept(name, swept);
         });

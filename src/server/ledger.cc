@@ -274,7 +274,9 @@ void Ledger::swept(const std::string& pool, const std::vector<drivers::SweptSess
     const core::CostMeter& meter = it->second.meter;
     std::vector<store::Record> rows;
     bool charged = false;
+    std::int64_t swept = 0, abandoned = 0;
     for (const drivers::SweptSession& s : sessions) {
+      ++(s.abandoned ? abandoned : swept);
       std::vector<core::CostCharge> charges;
       const std::int64_t created = std::min(s.created_ms.value_or(s.deleted_ms), s.deleted_ms);
       const std::int64_t cost = meter.charge_unobserved(s.session, created, s.deleted_ms, true, charges);
@@ -285,15 +287,18 @@ void Ledger::swept(const std::string& pool, const std::vector<drivers::SweptSess
                                          .external_id = s.external_id,
                                          .created_ms = created,
                                          .closed_ms = s.deleted_ms,
-                                         .cost_micros = cost});
+                                         .cost_micros = cost,
+                                         .reason = s.abandoned ? "start failed: deleted" : "swept"});
       charged = charged || !charges.empty();
     }
-    rows.push_back(store::AuditEntry{
-        .at_ms = now_ms_(),
-        .actor = "daemon",
-        .action = "sweep",
-        .pool = pool,
-        .detail = json::serialize(json::object{{"deleted", sessions.size()}})});
+    for (const auto& [action, n] : {std::pair{"sweep", swept}, std::pair{"abandon_start", abandoned}}) {
+      if (n == 0) continue;
+      rows.push_back(store::AuditEntry{.at_ms = now_ms_(),
+                                       .actor = "daemon",
+                                       .action = action,
+                                       .pool = pool,
+                                       .detail = json::serialize(json::object{{"deleted", n}})});
+    }
     write(std::move(rows));
     if (charged) check_budgets(changes);
   }

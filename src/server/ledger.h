@@ -88,10 +88,13 @@ class Ledger {
   void set_budget_hook(BudgetHook hook);
 
   void on_event(const std::string& pool, const core::Event& e);
-  // Sessions a sweep found at the provider with no row of them (their run
-  // died before writing it) and deleted: each is charged the pool's fee and
-  // its time alive from when the provider says it was created (else only the
-  // fee) to its deletion, and gets a closed row ("swept").
+  // Sessions deleted at the provider that no row knew of: found by a sweep
+  // (their run died before writing one, or never heard the create's answer),
+  // or made for a start that failed (`abandoned`). Each is charged the
+  // pool's fee and its time alive from when it was created (the provider's
+  // word for a swept one, else only the fee; the create's sending for an
+  // abandoned one) to its deletion, and gets a closed row ("swept" or
+  // "start failed: deleted").
   void swept(const std::string& pool, const std::vector<drivers::SweptSession>& sessions);
   void tick();
 

@@ -473,14 +473,15 @@ void Store::apply(Db& db, const Record& record) {
         } else if constexpr (std::is_same_v<T, SessionSwept>) {
           db.prepare(
                 "INSERT OR IGNORE INTO sessions (run, pool, session, external_id, created_ms, "
-                "closed_ms, reason, cost_micros) VALUES (?, ?, ?, ?, ?, ?, 'swept', ?)")
+                "closed_ms, reason, cost_micros) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
               .bind(1, r.run)
               .bind(2, r.pool)
               .bind(3, as_i64(r.session))
               .bind(4, r.external_id)
               .bind(5, r.created_ms)
               .bind(6, r.closed_ms)
-              .bind(7, r.cost_micros)
+              .bind(7, r.reason)
+              .bind(8, r.cost_micros)
               .run();
         } else if constexpr (std::is_same_v<T, SessionClosed> || std::is_same_v<T, SessionReconciled>) {
           std::int64_t run = run_;

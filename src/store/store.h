@@ -77,8 +77,9 @@ struct SessionReconciled {
   std::int64_t cost_micros = 0;
 };
 
-// A paid session found at its provider with no row of it (the run that made
-// it died before writing it), deleted there: one closed row. `run` and
+// A paid session no row knew of, deleted at its provider: one closed row.
+// Found by a sweep (the run that made it died before writing it, or never
+// heard the create's answer), or made for a start that failed. `run` and
 // `session` come from the tag it carried; a row that exists stays.
 struct SessionSwept {
   std::int64_t run = 0;
@@ -88,6 +89,7 @@ struct SessionSwept {
   std::int64_t created_ms = 0;
   std::int64_t closed_ms = 0;
   std::int64_t cost_micros = 0;
+  std::string reason = "swept";
 };
 
 struct LeaseEnded {

@@ -269,15 +269,31 @@ TEST_F(RemoteDriverTest, APendingSessionIsPolledUntilItRuns) {
   run((*started)->stop(StopReason::kShutdown));
 
   // One that never gets there within start_timeout is deleted, not leaked.
+  // No pool holds it, so the driver charges it: through the sweep hook.
   auto c = config();
   c.start_timeout = 300ms;
   auto impatient = driver(c);
+  std::vector<SweptSession> hooked;
+  impatient->set_sweep_hook([&](const std::vector<SweptSession>& s) { hooked.insert(hooked.end(), s.begin(), s.end()); });
   fake_.control({{"ready_after_s", 3600}});
+  const std::int64_t before = wall_ms();
   auto late = run(impatient->start(2));
   ASSERT_FALSE(late.has_value());
   EXPECT_NE(late.error().message.find("not running within 300 ms (still starting)"), std::string::npos)
       << late.error().message;
-  EXPECT_TRUE(pump([&] { return fake_.open_sessions() == 0; }));
+  EXPECT_TRUE(pump([&] { return fake_.open_sessions() == 0 && !hooked.empty(); }));
+  ASSERT_EQ(hooked.size(), 1u);
+  EXPECT_TRUE(hooked[0].abandoned);
+  EXPECT_EQ(hooked[0].external_id, sessions().at(1).at("id").as_string());
+  EXPECT_EQ(std::make_pair(hooked[0].run, hooked[0].session), std::make_pair(std::int64_t{5}, SessionId{2}));
+  ASSERT_TRUE(hooked[0].created_ms.has_value());
+  EXPECT_GE(*hooked[0].created_ms, before);
+  // It gives up once the next poll (20 ms) would pass start_timeout.
+  EXPECT_GE(hooked[0].deleted_ms, *hooked[0].created_ms + 300 - 20);
+  // A sweep leaves it: it is charged already.
+  auto swept = run(impatient->sweep());
+  ASSERT_TRUE(swept.has_value()) << swept.error().message;
+  EXPECT_TRUE(swept->empty());
 }
 
 TEST_F(RemoteDriverTest, AnAnswerWithoutWhatIsNeededFailsTheStartAndLeaksNothing) {
@@ -298,7 +314,9 @@ TEST_F(RemoteDriverTest, AnAnswerWithoutWhatIsNeededFailsTheStartAndLeaksNothing
   // No id to delete it by: the sweep finds it by its tag.
   auto swept = run(d2->sweep());
   ASSERT_TRUE(swept.has_value()) << swept.error().message;
-  EXPECT_EQ(swept->size(), 1u);
+  ASSERT_EQ(swept->size(), 1u);
+  EXPECT_EQ((*swept)[0].session, SessionId{2});
+  EXPECT_FALSE((*swept)[0].abandoned);
   EXPECT_EQ(fake_.open_sessions(), 0);
 }
 
@@ -319,7 +337,7 @@ TEST_F(RemoteDriverTest, ACreateWhoseAnswerNeverCameIsSweptAfterwards) {
   EXPECT_EQ(fake_.open_sessions(), 0);
 }
 
-TEST_F(RemoteDriverTest, ASweepDeletesOnlyThisPoolsSessionsThatAreNotLive) {
+TEST_F(RemoteDriverTest, ASweepDeletesOnlyThisPoolsSessionsThatNoOneHereHolds) {
   auto d = driver(config());
   std::vector<SweptSession> hooked;
   d->set_sweep_hook([&](const std::vector<SweptSession>& s) { hooked.insert(hooked.end(), s.begin(), s.end()); });
@@ -358,6 +376,72 @@ TEST_F(RemoteDriverTest, ASweepDeletesOnlyThisPoolsSessionsThatAreNotLive) {
     EXPECT_GE(hooked[i].deleted_ms, *hooked[i].created_ms);
   }
   run(live->stop(StopReason::kShutdown));
+}
+
+// A sweep whose listing saw a session of this run running, answered after
+// the pool closed it: the pool's close charged it, so the sweep leaves it.
+TEST_F(RemoteDriverTest, ASweepNeverTakesASessionThisRunHeldThoughItClosedMeanwhile) {
+  auto d = driver(config());
+  std::vector<SweptSession> hooked;
+  d->set_sweep_hook([&](const std::vector<SweptSession>& s) { hooked.insert(hooked.end(), s.begin(), s.end()); });
+  auto s = start(*d, 1);
+  ASSERT_NE(s, nullptr);
+  fake_.control({{"delay_ms", 1500}});  // the listing is taken now, answered late
+  std::optional<std::expected<std::vector<SweptSession>, Error>> swept;
+  asio::co_spawn(io_, d->sweep(), [&](std::exception_ptr e, std::expected<std::vector<SweptSession>, Error> r) {
+    if (e) std::rethrow_exception(e);
+    swept.emplace(std::move(r));
+  });
+  ASSERT_TRUE(pump([&] { return requests("list") == 1; }));
+  fake_.control({{"delay_ms", 0}});
+  run(s->stop(StopReason::kIdleTimeout));
+  s.reset();
+  ASSERT_FALSE(swept.has_value());  // the close was over first
+  ASSERT_TRUE(pump([&] { return swept.has_value(); }));
+  ASSERT_TRUE(swept->has_value()) << (*swept).error().message;
+  EXPECT_TRUE((*swept)->empty());
+  EXPECT_TRUE(hooked.empty());
+  EXPECT_EQ(requests("delete"), 1);
+}
+
+// Two sweeps that list the same orphan delete and charge it once; a session
+// left to reconciliation is no sweep's.
+TEST_F(RemoteDriverTest, AnOrphanIsSweptOnceAndReconciliationsSessionsNever) {
+  auto d = driver(config());
+  std::vector<SweptSession> hooked;
+  d->set_sweep_hook([&](const std::vector<SweptSession>& s) { hooked.insert(hooked.end(), s.begin(), s.end()); });
+  cli::HttpClient api(fake_.url());
+  api.set_token(testing::kFakeProviderKey);
+  std::vector<std::string> ids;
+  for (const char* tag : {"inst1/browsers/4/1", "inst1/browsers/4/2"}) {
+    auto made = api.call("POST", "/v1/sessions", json::serialize(json::object{{"metadata", {{"poolkeeper", tag}}}}));
+    ASSERT_EQ(made->status, 201);
+    ids.emplace_back(json::parse(made->body).at("data").at("id").as_string());
+  }
+  d->leave_to_reconciliation({ids[1]});
+  fake_.control({{"delay_ms", 1500}});  // both listings are taken before either deletes
+  std::vector<std::expected<std::vector<SweptSession>, Error>> done;
+  for (int i = 0; i < 2; ++i) {
+    asio::co_spawn(io_, d->sweep(), [&](std::exception_ptr e, std::expected<std::vector<SweptSession>, Error> r) {
+      if (e) std::rethrow_exception(e);
+      done.push_back(std::move(r));
+    });
+  }
+  ASSERT_TRUE(pump([&] { return requests("list") == 2; }));
+  fake_.control({{"delay_ms", 0}});
+  ASSERT_TRUE(pump([&] { return done.size() == 2; }));
+  std::size_t deleted = 0;
+  for (const auto& r : done) {
+    ASSERT_TRUE(r.has_value()) << r.error().message;
+    deleted += r->size();
+  }
+  EXPECT_EQ(deleted, 1u);
+  ASSERT_EQ(hooked.size(), 1u);
+  EXPECT_EQ(hooked[0].external_id, ids[0]);
+  EXPECT_EQ(requests("delete"), 1);
+  EXPECT_EQ(fake_.open_sessions(), 1);
+  EXPECT_EQ(run(d->close_session(ids[1])).value(), RemoteClosed::kClosed);
+  EXPECT_EQ(fake_.open_sessions(), 0);
 }
 
 TEST_F(RemoteDriverTest, CloseSessionClosesWhatRunsAndKnowsWhatIsGone) {

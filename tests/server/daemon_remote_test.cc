@@ -306,6 +306,25 @@ TEST_F(DaemonRemoteTest, KilledAtRandomMomentsLeavesNoPaidSessionOpen) {
   EXPECT_EQ(after.query_integer("SELECT count(*) FROM sessions WHERE reason = 'swept'"), swept);
 }
 
+// A session made for a start that then failed (it never ran within
+// start_timeout) is deleted, and charged though no pool ever held it: the
+// ledger still matches the provider's bill.
+TEST_F(DaemonRemoteTest, ASessionMadeForAFailedStartIsDeletedAndCharged) {
+  fake_.control({{"ready_after_s", 3600}});
+  start(config("min = 1\nmax = 1\nstart_timeout = \"300ms\"\npoll_interval = \"50ms\"\n"));
+  auto abandoned = [&] {
+    store::Db db = store::Db::open(dir_ + "/books.db", {});
+    return db.query_integer("SELECT count(*) FROM sessions WHERE reason = 'start failed: deleted'").value_or(0);
+  };
+  ASSERT_TRUE(wait_until([&] { return abandoned() >= 2; }, 60s));
+  fake_.control({{"ready_after_s", 0}});
+  ASSERT_TRUE(wait_until([&] { return daemon_sessions("paid").size() == 1; }, 60s));
+  stop();
+  EXPECT_TRUE(provider_open().empty());
+  EXPECT_EQ(abandoned(), provider_sessions() - 1);
+  expect_every_cent();
+}
+
 // A provider that cannot be reached when the daemon restarts: the sessions
 // the killed run left open stay open in the store (never assumed closed) and
 // are closed, and charged, once the provider answers again.

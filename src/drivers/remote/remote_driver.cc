@@ -140,22 +140,51 @@ struct RemoteDriver::Shared {
   std::string api_key;
 
   std::mutex mu;
-  std::set<SessionId> live;  // starting or running here
+  // This run's sessions, by the id in their tag: every id up to
+  // `highest_started` went to start(), whose session is then held by the
+  // pool, closed by it, or deleted and charged by start() itself; of those
+  // only the ones in `unheld` (a create whose answer never came, or came
+  // without an id) are a sweep's to take. An id above it is not this run's
+  // doing, and a sweep takes it too.
+  SessionId highest_started = 0;
+  std::set<SessionId> unheld;
+  // Provider ids no sweep takes: an earlier run's sessions reconciliation
+  // closes, and those a sweep is deleting or has deleted (two sweeps that
+  // list the same orphan charge it once).
+  std::set<std::string> claimed;
   std::function<void(const std::vector<SweptSession>&)> on_swept;
   std::minstd_rand random{std::random_device{}()};
 
-  bool is_live(SessionId id) {
+  void starting(SessionId id) {
     std::lock_guard lock(mu);
-    return live.contains(id);
+    highest_started = std::max(highest_started, id);
   }
-  void set_live(SessionId id, bool on) {
+  void lost_track_of(SessionId id) {
     std::lock_guard lock(mu);
-    if (on) {
-      live.insert(id);
-    } else {
-      live.erase(id);
+    unheld.insert(id);
+  }
+  bool sweepable_here(SessionId id) {
+    std::lock_guard lock(mu);
+    return id > highest_started || unheld.contains(id);
+  }
+  bool claim(const std::string& external_id) {
+    std::lock_guard lock(mu);
+    return claimed.insert(external_id).second;
+  }
+  void unclaim(const std::string& external_id) {
+    std::lock_guard lock(mu);
+    claimed.erase(external_id);
+  }
+  // Hands deleted sessions nobody else charges to the hook.
+  void charge(const std::vector<SweptSession>& deleted) {
+    std::function<void(const std::vector<SweptSession>&)> hook;
+    {
+      std::lock_guard lock(mu);
+      hook = on_swept;
     }
+    if (hook && !deleted.empty()) hook(deleted);
   }
+  std::int64_t run_number() const { return std::strtoll(run.c_str(), nullptr, 10); }
 
   std::string session_url(std::string_view external_id) const {
     return replace_all(replace_all(config.session_url, "{endpoint}", config.endpoint), "{id}",
@@ -304,32 +333,31 @@ struct RemoteDriver::Shared {
           found.session = found_session;
         }
       }
-      if (tag->starts_with(mine) && found.session != 0 && is_live(found.session)) continue;
+      if (tag->starts_with(mine) && found.session != 0 && !sweepable_here(found.session)) continue;
       if (!config.item_created_path.empty()) found.created_ms = time_ms(at_path(item, config.item_created_path));
       orphans.push_back(std::move(found));
     }
     std::vector<SweptSession> deleted;
     std::optional<Error> failed;
     for (SweptSession& o : orphans) {
+      if (!claim(o.external_id)) continue;  // reconciliation's, or another sweep's
       auto deleting = delete_once(o.external_id);
       auto done = co_await std::move(deleting);
       if (!done) {
+        unclaim(o.external_id);
         failed = Error(ErrorCode::kSessionStartFailed, "cannot delete orphaned session " + o.external_id + ": " + done.error());
         break;
       }
       o.deleted_ms = wall_ms();
       log->write(LogLevel::kWarn, "deleted an orphaned remote session",
                  {{"pool", pool}, {"external_id", o.external_id}});
+      if (o.run == run_number() && o.session != 0) {
+        std::lock_guard lock(mu);
+        unheld.erase(o.session);
+      }
       deleted.push_back(std::move(o));
     }
-    if (!deleted.empty()) {
-      std::function<void(const std::vector<SweptSession>&)> hook;
-      {
-        std::lock_guard lock(mu);
-        hook = on_swept;
-      }
-      if (hook) hook(deleted);
-    }
+    charge(deleted);
     if (failed) co_return std::unexpected(*failed);
     co_return deleted;
   }
@@ -354,7 +382,6 @@ class RemoteSession final : public DriverSession, public std::enable_shared_from
       shared_->log->write(LogLevel::kError, "remote session dropped without a stop; it may still be billed",
                           {{"pool", shared_->pool}, {"external_id", external_id_}});
     }
-    shared_->set_live(id_, false);
   }
 
   asio::awaitable<std::expected<void, Error>> check(Duration timeout) override {
@@ -516,55 +543,74 @@ std::expected<std::unique_ptr<RemoteDriver>, Error> RemoteDriver::create(RemoteC
 std::string RemoteDriver::describe() const { return "remote " + config_.endpoint; }
 std::string RemoteDriver::tag_of(SessionId id) const { return shared_->tag_of(id); }
 
+namespace {
+
+// Sweeps once a create that may have made a session must be over, and again
+// later for a provider that took longer to make it than we waited.
+void sweep_later(const asio::any_io_executor& ex, std::shared_ptr<RemoteDriver::Shared> s) {
+  asio::co_spawn(
+      ex,
+      [s = std::move(s)]() -> asio::awaitable<void> {
+        for (const Duration after : {s->config.request_timeout, 9 * s->config.request_timeout}) {
+          asio::steady_timer wait(co_await asio::this_coro::executor, after);
+          (void)co_await wait.async_wait(kTuple);
+          auto sweeping = s->sweep();
+          auto swept = co_await std::move(sweeping);
+          if (!swept) {
+            s->log->write(LogLevel::kWarn, "a sweep after a create that may have made a session failed",
+                          {{"pool", s->pool}, {"error", swept.error().message}});
+          }
+        }
+      },
+      asio::detached);
+}
+
+}  // namespace
+
 asio::awaitable<std::expected<std::shared_ptr<DriverSession>, Error>> RemoteDriver::start(SessionId id) {
   std::shared_ptr<Shared> s = shared_;  // the driver may go while this runs
   auto ex = co_await asio::this_coro::executor;
   const TimePoint deadline = real_clock().now() + s->config.start_timeout;
-  s->set_live(id, true);
-  auto fail = [&](std::string why) {
-    s->set_live(id, false);
-    return std::unexpected(Error(ErrorCode::kSessionStartFailed, std::move(why)));
-  };
+  s->starting(id);
+  auto fail = [&](std::string why) { return std::unexpected(Error(ErrorCode::kSessionStartFailed, std::move(why))); };
 
   RestRequest create = s->request("POST", s->config.endpoint, s->config.request_timeout);
   create.body = replace_all(replace_all(replace_all(s->config.create_body, "{pool}", json_escape(s->pool)),
                                         "{session}", std::to_string(id)),
                             "{tag}", json_escape(s->tag_of(id)));
+  const std::int64_t sent_ms = wall_ms();
   auto creating = s->client->call(std::move(create));
   std::expected<RestResponse, RestError> r = co_await std::move(creating);
   if (!r || r->status < 200 || r->status >= 300) {
     const bool unknown = !r && r.error().sent;
-    if (unknown && !s->config.list_url.empty()) {
-      // The provider may have made it: look for it once the request must be over.
-      asio::co_spawn(
-          ex,
-          [s]() -> asio::awaitable<void> {
-            // Once the request must be over, and again later for a provider
-            // that took longer to make it than we waited.
-            for (const Duration after : {s->config.request_timeout, 9 * s->config.request_timeout}) {
-              asio::steady_timer wait(co_await asio::this_coro::executor, after);
-              (void)co_await wait.async_wait(kTuple);
-              auto sweeping = s->sweep();
-              auto swept = co_await std::move(sweeping);
-              if (!swept) {
-                s->log->write(LogLevel::kWarn, "sweep after an unanswered create failed",
-                              {{"pool", s->pool}, {"error", swept.error().message}});
-              }
-            }
-          },
-          asio::detached);
-    }
+    // Unanswered, or a server error: the provider may have made it, and
+    // any sweep may take it.
+    if (unknown || (r && r->status >= 500)) s->lost_track_of(id);
+    if (unknown && !s->config.list_url.empty()) sweep_later(ex, s);
     co_return fail("create: " + Shared::failure(r) + (unknown ? " (it may have been created; it will be swept)" : ""));
   }
   boost::system::error_code ec;
   json::value body = json::parse(r->body, ec);
   std::optional<std::string> external = ec ? std::nullopt : text_at(body, s->config.id_path);
   if (!external || external->empty()) {
-    co_return fail("create: no session id at \"" + s->config.id_path + "\" in " + runtime::excerpt(r->body, 200));
+    // Made, but there is no id to delete it by: a sweep finds it by its tag.
+    s->lost_track_of(id);
+    if (!s->config.list_url.empty()) sweep_later(ex, s);
+    co_return fail("create: no session id at \"" + s->config.id_path + "\" in " + runtime::excerpt(r->body, 200) +
+                   (s->config.list_url.empty() ? "" : " (it will be swept)"));
   }
-  // From here on a failure must delete what was made.
+  // From here on a failure must delete what was made, and charge it: no
+  // pool holds it, so nothing else does.
   auto abandon = [&](std::string why) {
-    asio::co_spawn(ex, s->delete_until_gone(*external), asio::detached);
+    asio::co_spawn(
+        ex,
+        [s, id, sent_ms, external = *external]() -> asio::awaitable<void> {
+          auto deleting = s->delete_until_gone(external);
+          co_await std::move(deleting);
+          s->charge({SweptSession{.external_id = external, .run = s->run_number(), .session = id,
+                                  .created_ms = sent_ms, .deleted_ms = wall_ms(), .abandoned = true}});
+        },
+        asio::detached);
     return fail(std::move(why) + " (session " + *external + " deleted)");
   };
   std::string connect;
@@ -590,7 +636,11 @@ asio::awaitable<std::expected<std::shared_ptr<DriverSession>, Error>> RemoteDriv
     auto asking = s->status(*external, s->config.request_timeout, s->config.retries);
     auto now = co_await std::move(asking);
     if (!now) co_return abandon(now.error().message);
-    if (!now->has_value()) co_return fail("the provider lost the new session " + *external);
+    if (!now->has_value()) {  // made, then forgotten: charged up to now
+      s->charge({SweptSession{.external_id = *external, .run = s->run_number(), .session = id,
+                              .created_ms = sent_ms, .deleted_ms = wall_ms(), .abandoned = true}});
+      co_return fail("the provider lost the new session " + *external);
+    }
     status = **now;
   }
   co_return std::make_shared<RemoteSession>(ex, s, id, std::move(*external), std::move(connect));
@@ -606,6 +656,11 @@ asio::awaitable<std::expected<RemoteClosed, Error>> RemoteDriver::close_session(
   auto done = co_await std::move(deleting);
   if (!done) co_return std::unexpected(Error(ErrorCode::kSessionLost, "delete " + external_id + ": " + done.error()));
   co_return RemoteClosed::kClosed;
+}
+
+void RemoteDriver::leave_to_reconciliation(const std::vector<std::string>& external_ids) {
+  std::lock_guard lock(shared_->mu);
+  shared_->claimed.insert(external_ids.begin(), external_ids.end());
 }
 
 void RemoteDriver::set_sweep_hook(std::function<void(const std::vector<SweptSession>&)> hook) {

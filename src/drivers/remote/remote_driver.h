@@ -18,16 +18,18 @@
 // `list_url` set, every session is created carrying a tag ("{tag}" in
 // create_body: "<instance>/<pool>/<run>/<session id>"), and sweep() deletes
 // the provider's running sessions that carry this daemon's and pool's tag but
-// are not live in this run. The daemon sweeps at start (after a crash) and the driver sweeps after
-// each such unanswered create. close_session() closes one session by its
-// provider id (restart reconciliation).
+// that no one here answers for (see sweep()). The daemon sweeps at start
+// (after a crash) and the driver sweeps after each such unanswered create.
+// close_session() closes one session by its provider id (restart
+// reconciliation). A session a failed start made is deleted by start() and
+// charged through the sweep hook.
 //
 // The API key is read once from the environment variable `api_key_env` and
 // sent as "<auth_header>: <auth_scheme> <key>"; it is never logged.
 //
 // Thread-safety: as Driver; sessions live on their pool's strand, sweep() and
 // close_session() run on any executor and share nothing mutable with them
-// but the live-id set (locked).
+// but what decides a sweep's sessions (locked).
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
@@ -112,6 +114,9 @@ struct SweptSession {
   SessionId session = 0;        // from its tag
   std::optional<std::int64_t> created_ms{};  // UNIX ms, when the provider says
   std::int64_t deleted_ms = 0;  // UNIX ms
+  // Not a sweep's: made for a start that then failed (no connect URL, never
+  // running), deleted by start(); created_ms is when its create was sent.
+  bool abandoned = false;
 };
 
 // What reconciliation found for one session.
@@ -140,12 +145,20 @@ class RemoteDriver final : public runtime::Driver {
   // Closes one session by the provider's id: its status, then a delete when
   // it still runs (retried).
   runtime::asio::awaitable<std::expected<RemoteClosed, Error>> close_session(std::string external_id);
-  // Deletes the provider's running sessions tagged as this pool's that are
-  // not live here and returns them (each also goes to the sweep hook). Needs
-  // list_url.
+  // Deletes the provider's running sessions tagged as this pool's that no
+  // one here answers for and returns them (each also goes to the sweep hook):
+  // an earlier run's (but those left to reconciliation), and this run's
+  // whose create went unanswered or came back without an id. A session this
+  // run started and holds, closed or abandoned is never a sweep's, nor one
+  // another sweep has taken. Needs list_url.
   runtime::asio::awaitable<std::expected<std::vector<SweptSession>, Error>> sweep();
-  // Called with what every sweep deleted (the daemon charges it), from the
-  // sweeping coroutine; set before the pool starts.
+  // Sessions of an earlier run that close_session() will close: sweeps leave
+  // them. Call before the pool starts.
+  void leave_to_reconciliation(const std::vector<std::string>& external_ids);
+  // Called with the sessions no pool holds that were deleted (the daemon
+  // charges them): what every sweep deleted, and each session a failed
+  // start made (`abandoned`), from the deleting coroutine; set before the
+  // pool starts.
   void set_sweep_hook(std::function<void(const std::vector<SweptSession>&)> hook);
   bool can_sweep() const { return !config_.list_url.empty(); }
 
