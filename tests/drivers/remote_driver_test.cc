@@ -10,6 +10,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/json.hpp>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <optional>
@@ -71,21 +72,30 @@ class RemoteDriverTest : public ::testing::Test {
   std::unique_ptr<RemoteDriver> driver(RemoteConfig c, std::string instance = "inst1", std::string run = "5") {
     auto d = RemoteDriver::create(std::move(c), "browsers", std::move(instance), std::move(run), &log_);
     EXPECT_TRUE(d.has_value()) << (d ? "" : d.error().message);
-    return d ? std::move(*d) : nullptr;
+    if (!d) return nullptr;
+    (*d)->set_sweep_hook([this](const std::vector<SweptSession>& s) { charged_.insert(charged_.end(), s.begin(), s.end()); });
+    return std::move(*d);
   }
 
+  // Starts a coroutine on the test's io_context: its result lands in the
+  // slot returned once pump() has run it to the end.
+  template <class T>
+  std::shared_ptr<std::optional<T>> spawn(asio::awaitable<T> a) {
+    auto slot = std::make_shared<std::optional<T>>();
+    asio::co_spawn(io_, std::move(a), [slot](std::exception_ptr e, T v) {
+      if (e) std::rethrow_exception(e);
+      slot->emplace(std::move(v));
+    });
+    return slot;
+  }
   // Runs a coroutine on the test's io_context to completion.
   template <class T>
   T run(asio::awaitable<T> a) {
-    std::optional<T> result;
-    asio::co_spawn(io_, std::move(a), [&](std::exception_ptr e, T v) {
-      if (e) std::rethrow_exception(e);
-      result.emplace(std::move(v));
-    });
-    pump([&] { return result.has_value(); });
-    EXPECT_TRUE(result.has_value()) << "the call did not complete";
-    if (!result) std::abort();
-    return std::move(*result);
+    std::shared_ptr<std::optional<T>> result = spawn(std::move(a));
+    pump([&] { return result->has_value(); });
+    EXPECT_TRUE(result->has_value()) << "the call did not complete";
+    if (!result->has_value()) std::abort();
+    return std::move(**result);
   }
   void run(asio::awaitable<void> a) {
     bool done = false;
@@ -122,6 +132,7 @@ class RemoteDriverTest : public ::testing::Test {
   FakeProvider fake_;
   asio::io_context io_;
   MemoryLog log_;
+  std::vector<SweptSession> charged_;  // what the drivers' sweep hooks were handed
 };
 
 TEST_F(RemoteDriverTest, StartsChecksAndStopsAPaidSession) {
@@ -255,41 +266,34 @@ TEST_F(RemoteDriverTest, AFailedCheckIsNotAnEnd) {
 TEST_F(RemoteDriverTest, APendingSessionIsPolledUntilItRuns) {
   auto d = driver(config());
   fake_.control({{"ready_after_s", 5}});
-  bool done = false;
-  std::expected<std::shared_ptr<DriverSession>, Error> started = std::unexpected(Error());
-  asio::co_spawn(io_, d->start(1), [&](std::exception_ptr, auto r) {
-    started = std::move(r);
-    done = true;
-  });
+  auto started = spawn(d->start(1));
   ASSERT_TRUE(pump([&] { return requests("get") >= 3; }));  // polling while "starting"
-  EXPECT_FALSE(done);
+  EXPECT_FALSE(started->has_value());
   fake_.control({{"advance_s", 6}});
-  ASSERT_TRUE(pump([&] { return done; }));
-  ASSERT_TRUE(started.has_value()) << started.error().message;
-  run((*started)->stop(StopReason::kShutdown));
+  ASSERT_TRUE(pump([&] { return started->has_value(); }));
+  ASSERT_TRUE(started->value().has_value()) << started->value().error().message;
+  run((*started)->value()->stop(StopReason::kShutdown));
 
   // One that never gets there within start_timeout is deleted, not leaked.
   // No pool holds it, so the driver charges it: through the sweep hook.
   auto c = config();
   c.start_timeout = 300ms;
   auto impatient = driver(c);
-  std::vector<SweptSession> hooked;
-  impatient->set_sweep_hook([&](const std::vector<SweptSession>& s) { hooked.insert(hooked.end(), s.begin(), s.end()); });
   fake_.control({{"ready_after_s", 3600}});
   const std::int64_t before = wall_ms();
   auto late = run(impatient->start(2));
   ASSERT_FALSE(late.has_value());
   EXPECT_NE(late.error().message.find("not running within 300 ms (still starting)"), std::string::npos)
       << late.error().message;
-  EXPECT_TRUE(pump([&] { return fake_.open_sessions() == 0 && !hooked.empty(); }));
-  ASSERT_EQ(hooked.size(), 1u);
-  EXPECT_TRUE(hooked[0].abandoned);
-  EXPECT_EQ(hooked[0].external_id, sessions().at(1).at("id").as_string());
-  EXPECT_EQ(std::make_pair(hooked[0].run, hooked[0].session), std::make_pair(std::int64_t{5}, SessionId{2}));
-  ASSERT_TRUE(hooked[0].created_ms.has_value());
-  EXPECT_GE(*hooked[0].created_ms, before);
+  EXPECT_TRUE(pump([&] { return fake_.open_sessions() == 0 && !charged_.empty(); }));
+  ASSERT_EQ(charged_.size(), 1u);
+  EXPECT_TRUE(charged_[0].abandoned);
+  EXPECT_EQ(charged_[0].external_id, sessions().at(1).at("id").as_string());
+  EXPECT_EQ(std::make_pair(charged_[0].run, charged_[0].session), std::make_pair(std::int64_t{5}, SessionId{2}));
+  ASSERT_TRUE(charged_[0].created_ms.has_value());
+  EXPECT_GE(*charged_[0].created_ms, before);
   // It gives up once the next poll (20 ms) would pass start_timeout.
-  EXPECT_GE(hooked[0].deleted_ms, *hooked[0].created_ms + 300 - 20);
+  EXPECT_GE(charged_[0].deleted_ms, *charged_[0].created_ms + 300 - 20);
   // A sweep leaves it: it is charged already.
   auto swept = run(impatient->sweep());
   ASSERT_TRUE(swept.has_value()) << swept.error().message;
@@ -339,8 +343,6 @@ TEST_F(RemoteDriverTest, ACreateWhoseAnswerNeverCameIsSweptAfterwards) {
 
 TEST_F(RemoteDriverTest, ASweepDeletesOnlyThisPoolsSessionsThatNoOneHereHolds) {
   auto d = driver(config());
-  std::vector<SweptSession> hooked;
-  d->set_sweep_hook([&](const std::vector<SweptSession>& s) { hooked.insert(hooked.end(), s.begin(), s.end()); });
   auto live = start(*d, 1);
   ASSERT_NE(live, nullptr);
   // Sessions made by others: an earlier run of this daemon (one with the
@@ -364,16 +366,16 @@ TEST_F(RemoteDriverTest, ASweepDeletesOnlyThisPoolsSessionsThatNoOneHereHolds) {
   EXPECT_EQ(live->external_id(), std::string(sessions().at(0).at("id").as_string()));
   EXPECT_TRUE(sessions().at(0).at("stopped_at").is_null());
   // Who made each (from its tag) and when (the provider's created_at).
-  ASSERT_EQ(hooked.size(), 2u);
-  EXPECT_EQ(std::make_pair(hooked[0].run, hooked[0].session), std::make_pair(std::int64_t{5}, SessionId{99}));
-  EXPECT_EQ(std::make_pair(hooked[1].run, hooked[1].session), std::make_pair(std::int64_t{4}, SessionId{1}));
+  ASSERT_EQ(charged_.size(), 2u);
+  EXPECT_EQ(std::make_pair(charged_[0].run, charged_[0].session), std::make_pair(std::int64_t{5}, SessionId{99}));
+  EXPECT_EQ(std::make_pair(charged_[1].run, charged_[1].session), std::make_pair(std::int64_t{4}, SessionId{1}));
   const json::array all = sessions();
   for (std::size_t i = 0; i < 2; ++i) {
     const json::value& s = all.at(i + 1);
-    EXPECT_EQ(hooked[i].external_id, s.at("id").as_string());
-    ASSERT_TRUE(hooked[i].created_ms.has_value());
-    EXPECT_NEAR(static_cast<double>(*hooked[i].created_ms), s.at("created_at").as_double() * 1000, 1.0);
-    EXPECT_GE(hooked[i].deleted_ms, *hooked[i].created_ms);
+    EXPECT_EQ(charged_[i].external_id, s.at("id").as_string());
+    ASSERT_TRUE(charged_[i].created_ms.has_value());
+    EXPECT_NEAR(static_cast<double>(*charged_[i].created_ms), s.at("created_at").as_double() * 1000, 1.0);
+    EXPECT_GE(charged_[i].deleted_ms, *charged_[i].created_ms);
   }
   run(live->stop(StopReason::kShutdown));
 }
@@ -382,25 +384,19 @@ TEST_F(RemoteDriverTest, ASweepDeletesOnlyThisPoolsSessionsThatNoOneHereHolds) {
 // the pool closed it: the pool's close charged it, so the sweep leaves it.
 TEST_F(RemoteDriverTest, ASweepNeverTakesASessionThisRunHeldThoughItClosedMeanwhile) {
   auto d = driver(config());
-  std::vector<SweptSession> hooked;
-  d->set_sweep_hook([&](const std::vector<SweptSession>& s) { hooked.insert(hooked.end(), s.begin(), s.end()); });
   auto s = start(*d, 1);
   ASSERT_NE(s, nullptr);
   fake_.control({{"delay_ms", 1500}});  // the listing is taken now, answered late
-  std::optional<std::expected<std::vector<SweptSession>, Error>> swept;
-  asio::co_spawn(io_, d->sweep(), [&](std::exception_ptr e, std::expected<std::vector<SweptSession>, Error> r) {
-    if (e) std::rethrow_exception(e);
-    swept.emplace(std::move(r));
-  });
+  auto swept = spawn(d->sweep());
   ASSERT_TRUE(pump([&] { return requests("list") == 1; }));
   fake_.control({{"delay_ms", 0}});
   run(s->stop(StopReason::kIdleTimeout));
   s.reset();
-  ASSERT_FALSE(swept.has_value());  // the close was over first
-  ASSERT_TRUE(pump([&] { return swept.has_value(); }));
-  ASSERT_TRUE(swept->has_value()) << (*swept).error().message;
-  EXPECT_TRUE((*swept)->empty());
-  EXPECT_TRUE(hooked.empty());
+  ASSERT_FALSE(swept->has_value());  // the close was over first
+  ASSERT_TRUE(pump([&] { return swept->has_value(); }));
+  ASSERT_TRUE(swept->value().has_value()) << swept->value().error().message;
+  EXPECT_TRUE(swept->value()->empty());
+  EXPECT_TRUE(charged_.empty());
   EXPECT_EQ(requests("delete"), 1);
 }
 
@@ -408,8 +404,6 @@ TEST_F(RemoteDriverTest, ASweepNeverTakesASessionThisRunHeldThoughItClosedMeanwh
 // left to reconciliation is no sweep's.
 TEST_F(RemoteDriverTest, AnOrphanIsSweptOnceAndReconciliationsSessionsNever) {
   auto d = driver(config());
-  std::vector<SweptSession> hooked;
-  d->set_sweep_hook([&](const std::vector<SweptSession>& s) { hooked.insert(hooked.end(), s.begin(), s.end()); });
   cli::HttpClient api(fake_.url());
   api.set_token(testing::kFakeProviderKey);
   std::vector<std::string> ids;
@@ -420,24 +414,18 @@ TEST_F(RemoteDriverTest, AnOrphanIsSweptOnceAndReconciliationsSessionsNever) {
   }
   d->leave_to_reconciliation({ids[1]});
   fake_.control({{"delay_ms", 1500}});  // both listings are taken before either deletes
-  std::vector<std::expected<std::vector<SweptSession>, Error>> done;
-  for (int i = 0; i < 2; ++i) {
-    asio::co_spawn(io_, d->sweep(), [&](std::exception_ptr e, std::expected<std::vector<SweptSession>, Error> r) {
-      if (e) std::rethrow_exception(e);
-      done.push_back(std::move(r));
-    });
-  }
+  const auto sweeps = {spawn(d->sweep()), spawn(d->sweep())};
   ASSERT_TRUE(pump([&] { return requests("list") == 2; }));
   fake_.control({{"delay_ms", 0}});
-  ASSERT_TRUE(pump([&] { return done.size() == 2; }));
+  ASSERT_TRUE(pump([&] { return std::ranges::all_of(sweeps, [](const auto& r) { return r->has_value(); }); }));
   std::size_t deleted = 0;
-  for (const auto& r : done) {
-    ASSERT_TRUE(r.has_value()) << r.error().message;
-    deleted += r->size();
+  for (const auto& r : sweeps) {
+    ASSERT_TRUE(r->value().has_value()) << r->value().error().message;
+    deleted += r->value()->size();
   }
   EXPECT_EQ(deleted, 1u);
-  ASSERT_EQ(hooked.size(), 1u);
-  EXPECT_EQ(hooked[0].external_id, ids[0]);
+  ASSERT_EQ(charged_.size(), 1u);
+  EXPECT_EQ(charged_[0].external_id, ids[0]);
   EXPECT_EQ(requests("delete"), 1);
   EXPECT_EQ(fake_.open_sessions(), 1);
   EXPECT_EQ(run(d->close_session(ids[1])).value(), RemoteClosed::kClosed);
