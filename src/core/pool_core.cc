@@ -174,8 +174,11 @@ int PoolCore::floor() const { return budget_exceeded_ ? 0 : target_; }
 int PoolCore::min_idle() const { return budget_exceeded_ ? 0 : config_.min_idle; }
 
 bool PoolCore::can_start_one(bool for_demand) const {
+  return by_state_[static_cast<int>(SessionState::kStarting)] < config_.max_starting && room_to_grow(for_demand);
+}
+
+bool PoolCore::room_to_grow(bool for_demand) const {
   if (modes_.shutdown || modes_.draining || budget_exceeded_) return false;
-  if (by_state_[static_cast<int>(SessionState::kStarting)] >= config_.max_starting) return false;
   const int limit = config_.max + (for_demand ? config_.overflow : 0);
   if (live_ + closing_ >= limit) return false;
   if (options_.shared_cap != nullptr &&
@@ -695,11 +698,7 @@ std::vector<QueuedView> PoolCore::queue_view(TimePoint now) const {
 Duration PoolCore::predict_wait(int position) const {
   const int coming = by_state_[static_cast<int>(SessionState::kStarting)] +
                      by_state_[static_cast<int>(SessionState::kChecking)];
-  const bool can_grow = live_ + closing_ < config_.max + config_.overflow && !modes_.shutdown &&
-                        !modes_.draining &&
-                        (options_.shared_cap == nullptr ||
-                         options_.shared_cap->used() < options_.shared_cap->limit());
-  if (position <= coming || can_grow) {
+  if (position <= coming || room_to_grow(true)) {
     return Duration{avg_start_ns_};
   }
   const int leased = by_state_[static_cast<int>(SessionState::kLeased)];

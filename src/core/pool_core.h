@@ -248,7 +248,12 @@ class PoolCore {
   // sessions
   Slot* find(SessionId id);
   const Slot* find(SessionId id) const;
+  // A start may begin now: room_to_grow() and fewer than max_starting in flight.
   bool can_start_one(bool for_demand) const;
+  // The pool may add a session (now or once its starts in flight are done):
+  // not stopping, draining or over budget, below max (+ overflow for
+  // demand) and the shared cap.
+  bool room_to_grow(bool for_demand) const;
   void start_session(TimePoint now, Output& out);
   void stop_session(Slot& s, StopReason reason, TimePoint now, Output& out);
   void free_slot(Slot& s, TimePoint now, StopReason reason, Output& out);

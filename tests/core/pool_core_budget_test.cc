@@ -39,6 +39,33 @@ TEST_F(PoolCoreBudgetTest, ReusesLiveSessionsAndStartsNone) {
   EXPECT_EQ(h.count_state(SessionState::kLeased), 1);
 }
 
+// Verifies that with the budget spent, early rejection predicts the wait
+// from the leases that may come back, not from a start that cannot happen:
+// a pool below max that learned slow starts still queues a short acquire.
+TEST_F(PoolCoreBudgetTest, EarlyRejectDoesNotCountOnAStartTheBudgetForbids) {
+  PoolConfig c = quiet_config(0, 2);
+  c.early_reject = true;
+  CoreHarness& h = make(c);
+  h.start();
+  const WaiterId first = h.queue();
+  h.clock.advance(seconds(2));  // a start takes 2 s
+  h.complete_starts();
+  ASSERT_TRUE(h.release(h.granted(first).lease).has_value());
+  const auto slow = h.acquire_within(std::chrono::milliseconds(100));
+  ASSERT_TRUE(slow.has_value()) << slow.error().message;
+  ASSERT_TRUE(slow->granted);
+  auto before = h.acquire_within(std::chrono::milliseconds(100));  // the pool could still grow
+  ASSERT_FALSE(before.has_value());
+  EXPECT_EQ(before.error().code, ErrorCode::kDeadlineUnreachable);
+
+  h.set_budget_exceeded(true, "pool budget spent");
+  auto r = h.acquire_within(std::chrono::milliseconds(100));
+  ASSERT_TRUE(r.has_value()) << r.error().message;
+  EXPECT_FALSE(r->granted) << "queued for the lease to come back";
+  h.advance(std::chrono::milliseconds(100));
+  EXPECT_EQ(h.rejected(r->waiter).code, ErrorCode::kAcquireTimeout);
+}
+
 // Verifies that when no session is live an acquire is refused at once with
 // budget_exceeded and the reason, and queued waiters are answered the same
 // way when the last live session goes.

@@ -292,8 +292,9 @@ TEST_F(RemoteDriverTest, APendingSessionIsPolledUntilItRuns) {
   EXPECT_EQ(std::make_pair(charged_[0].run, charged_[0].session), std::make_pair(std::int64_t{5}, SessionId{2}));
   ASSERT_TRUE(charged_[0].created_ms.has_value());
   EXPECT_GE(*charged_[0].created_ms, before);
-  // It gives up once the next poll (20 ms) would pass start_timeout.
-  EXPECT_GE(charged_[0].deleted_ms, *charged_[0].created_ms + 300 - 20);
+  // It gives up once the next poll (20 ms) would pass start_timeout (and
+  // both times are wall clock milliseconds, truncated).
+  EXPECT_GE(charged_[0].deleted_ms, *charged_[0].created_ms + 300 - 20 - 5);
   // A sweep leaves it: it is charged already.
   auto swept = run(impatient->sweep());
   ASSERT_TRUE(swept.has_value()) << swept.error().message;
@@ -386,7 +387,7 @@ TEST_F(RemoteDriverTest, ASweepNeverTakesASessionThisRunHeldThoughItClosedMeanwh
   auto d = driver(config());
   auto s = start(*d, 1);
   ASSERT_NE(s, nullptr);
-  fake_.control({{"delay_ms", 1500}});  // the listing is taken now, answered late
+  fake_.control({{"delay_ms", 5000}});  // the listing is taken now, answered late
   auto swept = spawn(d->sweep());
   ASSERT_TRUE(pump([&] { return requests("list") == 1; }));
   fake_.control({{"delay_ms", 0}});

@@ -138,7 +138,7 @@ TEST_F(ProcessPoolTest, FrozenWorkerFailsHealthCheckAndIsReplaced) {
   PoolConfig c = pool_config(1, 2);
   c.check_interval = 100ms;
   ProcessConfig w = test_worker();
-  w.check_timeout = 300ms;
+  w.check_timeout = 2s;  // a healthy worker on a loaded machine still answers in time
   auto r = start(c, w);
   ASSERT_TRUE(settles_at(*r, 1));
   const std::vector<pid_t> before = pids(*r);
@@ -240,6 +240,7 @@ TEST_F(ProcessPoolTest, WorkerExitingAtStartBacksOff) {
   const TimePoint begun = real_now();
   auto r = start(c, test_worker({"--count-file", count_file, "--stderr-at-start",
                                  "cannot load model", "--exit-at-start", "3"}));
+  ASSERT_TRUE(wait_until([&] { return snapshot(*r).stats.start_failures >= 1; }, kLongWait));
   auto waited = acquire(*r, {.timeout = 300ms});
   ASSERT_FALSE(waited.has_value());
   EXPECT_EQ(waited.error().code, ErrorCode::kAcquireTimeout);

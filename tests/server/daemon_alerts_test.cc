@@ -137,6 +137,9 @@ for = "0s"
 [alerts.rules.utilization]
 enabled = false
 
+[alerts.rules.queue_wait]
+enabled = false
+
 [pools.p]
 command = [")" + std::string(POOLKEEPER_TEST_WORKER) + R"("]
 min = 1

@@ -167,7 +167,7 @@ TEST_F(DaemonCostTest, SpentBudgetsRefuseNewSessionsAndTenants) {
                     pool("cheap", "min = 1\nmax = 1\ncost_per_use = 0.000001\n")));
   const std::string first = lease("capped", kAlice);   // session 1: $1
   const std::string second = lease("capped", kAlice);  // session 2: $2, over $1.50
-  ASSERT_TRUE(daemon_->logged("pool budget spent"));
+  ASSERT_TRUE(wait_until([&] { return daemon_->logged("pool budget spent"); }));
   ASSERT_TRUE(wait_until([&] {
     HttpResult r = call("GET", "/v1/pools/capped", kRoot);
     return r.status == 200 && r.json().at("budget_exceeded").as_bool();
