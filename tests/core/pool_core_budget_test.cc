@@ -47,10 +47,7 @@ TEST_F(PoolCoreBudgetTest, EarlyRejectDoesNotCountOnAStartTheBudgetForbids) {
   c.early_reject = true;
   CoreHarness& h = make(c);
   h.start();
-  const WaiterId first = h.queue();
-  h.clock.advance(seconds(2));  // a start takes 2 s
-  h.complete_starts();
-  ASSERT_TRUE(h.release(h.granted(first).lease).has_value());
+  ASSERT_TRUE(h.release(h.lease_after_start(seconds(2)).lease).has_value());
   const auto slow = h.acquire_within(std::chrono::milliseconds(100));
   ASSERT_TRUE(slow.has_value()) << slow.error().message;
   ASSERT_TRUE(slow->granted);

@@ -257,12 +257,7 @@ TEST_F(PoolCoreTest, RejectsEarlyWhenPredictedWaitExceedsDeadline) {
   c.early_reject = true;
   CoreHarness& h = make(c);
   h.start();
-  // A start takes 2 s.
-  const WaiterId first = h.queue();
-  h.clock.advance(seconds(2));
-  h.complete_starts();
-  ASSERT_TRUE(h.grant_of(first).has_value());
-  LeaseId lease = h.granted(first).lease;
+  LeaseId lease = h.lease_after_start(seconds(2)).lease;
   // Each lease is held 10 s.
   for (int i = 0; i < 30; ++i) {
     h.clock.advance(seconds(10));

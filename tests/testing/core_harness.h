@@ -343,6 +343,14 @@ class CoreHarness {
     return it->second;
   }
   // The grant of a waiter that must have been granted (a test failure otherwise).
+  // The first lease of a pool with nothing idle: its waiter's session takes
+  // `start_time` to start (the start time the core learns).
+  Grant lease_after_start(Duration start_time) {
+    const WaiterId w = queue();
+    clock.advance(start_time);
+    complete_starts();
+    return granted(w);
+  }
   Grant granted(WaiterId w) const {
     auto g = grant_of(w);
     if (!g) {
