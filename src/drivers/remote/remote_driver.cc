@@ -599,16 +599,20 @@ asio::awaitable<std::expected<std::shared_ptr<DriverSession>, Error>> RemoteDriv
     co_return fail("create: no session id at \"" + s->config.id_path + "\" in " + runtime::excerpt(r->body, 200) +
                    (s->config.list_url.empty() ? "" : " (it will be swept)"));
   }
-  // From here on a failure must delete what was made, and charge it: no
-  // pool holds it, so nothing else does.
+  // From here on a failure must delete what was made, and charge it (from
+  // the create's sending until it is gone): no pool holds it, so nothing
+  // else does.
+  auto charge_abandoned = [s, id, sent_ms, external = *external] {
+    s->charge({SweptSession{.external_id = external, .run = s->run_number(), .session = id,
+                            .created_ms = sent_ms, .deleted_ms = wall_ms(), .abandoned = true}});
+  };
   auto abandon = [&](std::string why) {
     asio::co_spawn(
         ex,
-        [s, id, sent_ms, external = *external]() -> asio::awaitable<void> {
+        [s, charge_abandoned, external = *external]() -> asio::awaitable<void> {
           auto deleting = s->delete_until_gone(external);
           co_await std::move(deleting);
-          s->charge({SweptSession{.external_id = external, .run = s->run_number(), .session = id,
-                                  .created_ms = sent_ms, .deleted_ms = wall_ms(), .abandoned = true}});
+          charge_abandoned();
         },
         asio::detached);
     return fail(std::move(why) + " (session " + *external + " deleted)");
@@ -637,8 +641,7 @@ asio::awaitable<std::expected<std::shared_ptr<DriverSession>, Error>> RemoteDriv
     auto now = co_await std::move(asking);
     if (!now) co_return abandon(now.error().message);
     if (!now->has_value()) {  // made, then forgotten: charged up to now
-      s->charge({SweptSession{.external_id = *external, .run = s->run_number(), .session = id,
-                              .created_ms = sent_ms, .deleted_ms = wall_ms(), .abandoned = true}});
+      charge_abandoned();
       co_return fail("the provider lost the new session " + *external);
     }
     status = **now;
