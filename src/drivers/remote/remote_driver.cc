@@ -135,6 +135,7 @@ struct RemoteDriver::Shared {
   std::string pool;
   std::string instance;
   std::string run;
+  std::int64_t run_id = 0;  // `run` as the number tags carry
   Log* log = nullptr;
   std::unique_ptr<RestClient> client;
   std::string api_key;
@@ -184,7 +185,11 @@ struct RemoteDriver::Shared {
     }
     if (hook && !deleted.empty()) hook(deleted);
   }
-  std::int64_t run_number() const { return std::strtoll(run.c_str(), nullptr, 10); }
+  // A sweep deleted it: one of this run's no longer needs sweeping.
+  void swept(const SweptSession& o) {
+    std::lock_guard lock(mu);
+    if (o.run == run_id) unheld.erase(o.session);
+  }
 
   std::string session_url(std::string_view external_id) const {
     return replace_all(replace_all(config.session_url, "{endpoint}", config.endpoint), "{id}",
@@ -351,10 +356,7 @@ struct RemoteDriver::Shared {
       o.deleted_ms = wall_ms();
       log->write(LogLevel::kWarn, "deleted an orphaned remote session",
                  {{"pool", pool}, {"external_id", o.external_id}});
-      if (o.run == run_number() && o.session != 0) {
-        std::lock_guard lock(mu);
-        unheld.erase(o.session);
-      }
+      swept(o);
       deleted.push_back(std::move(o));
     }
     charge(deleted);
@@ -512,6 +514,7 @@ RemoteDriver::RemoteDriver(RemoteConfig config, std::string pool, std::string in
   shared_->config = config_;
   shared_->pool = std::move(pool);
   shared_->instance = std::move(instance);
+  shared_->run_id = std::strtoll(run.c_str(), nullptr, 10);
   shared_->run = std::move(run);
   shared_->log = log != nullptr ? log : &runtime::stderr_log();
   shared_->client = std::move(client);
@@ -603,7 +606,7 @@ asio::awaitable<std::expected<std::shared_ptr<DriverSession>, Error>> RemoteDriv
   // the create's sending until it is gone): no pool holds it, so nothing
   // else does.
   auto charge_abandoned = [s, id, sent_ms, external = *external] {
-    s->charge({SweptSession{.external_id = external, .run = s->run_number(), .session = id,
+    s->charge({SweptSession{.external_id = external, .run = s->run_id, .session = id,
                             .created_ms = sent_ms, .deleted_ms = wall_ms(), .abandoned = true}});
   };
   auto abandon = [&](std::string why) {
